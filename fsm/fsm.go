@@ -1,0 +1,396 @@
+// Package fsm is the replicated state machine of AllSource Guard: tenants, users,
+// API keys, IP rules, rate-limit policies, signing keys, revocations, KMS key
+// metadata and the audit log.
+//
+// Why it is shaped this way:
+//   - Apply is deterministic. IDs, timestamps, salts, hashes and ciphertexts are
+//     made by the proposer and carried in the command; Apply has no clock, no
+//     randomness, no I/O beyond its own store, and never calls a KMS.
+//   - Authorization is re-checked inside Apply from the principal in the command
+//     header, so every replica makes the same decision and there is no gap between
+//     the API's check and the state change.
+//   - Business errors (duplicate username, suspended tenant) are returned in the
+//     Result; the raft future's error is reserved for raft failures.
+//   - The state lives in a bbolt file (one bucket per domain, one domain per file
+//     here), so the audit log and a million users do not have to sit in RAM. The
+//     file is not a source of truth: it is rebuilt on start from the raft
+//     snapshot and log, so it is written without fsync.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Bucket names, one per domain. Snapshots hold them in byte order.
+var (
+	bMeta        = []byte("meta")
+	bTenants     = []byte("tenants")
+	bLimits      = []byte("limits")
+	bUsers       = []byte("users")        // tenant \x00 user id → User
+	bUserNames   = []byte("user_names")   // tenant \x00 username → user id
+	bAPIKeys     = []byte("api_keys")     // key id → APIKey (key ids are globally unique)
+	bIPRules     = []byte("ip_rules")     // rule id → IPRule
+	bSigningKeys = []byte("signing_keys") // kid → SigningKey
+	bRevocations = []byte("revocations")  // jti → Revocation
+	bKMSKeys     = []byte("kms_keys")     // name → KMSKey
+	bSecrets     = []byte("secrets")      // name → wrapped secret
+	bAudit       = []byte("audit")        // tenant \x00 seq(8) → AuditEntry
+	bAuditHeads  = []byte("audit_heads")  // tenant → AuditHead
+	allBuckets   = [][]byte{bMeta, bTenants, bLimits, bUsers, bUserNames, bAPIKeys, bIPRules,
+		bSigningKeys, bRevocations, bKMSKeys, bSecrets, bAudit, bAuditHeads}
+)
+
+var keyAppliedIndex = []byte("applied_index")
+
+// Options configures an FSM.
+type Options struct {
+	// Logger receives the FSM's own log lines. Defaults to slog.Default().
+	Logger *slog.Logger
+	// OnApply, when set, is called after each applied batch with the changes it
+	// made (the edge watch stream and caches hang off it). It runs on raft's apply
+	// goroutine: it must not block.
+	OnApply func(index uint64, changes []Change)
+	// OnRestore, when set, is called after a snapshot was restored: every
+	// derived view must be rebuilt.
+	OnRestore func(index uint64)
+}
+
+// FSM implements raft.FSM and raft.BatchingFSM.
+type FSM struct {
+	opts Options
+	path string
+	log  *slog.Logger
+
+	mu sync.RWMutex // guards db against a swap during Restore
+	db *bolt.DB
+
+	applied atomic.Uint64
+	waitMu  sync.Mutex
+	waiters map[uint64][]chan struct{}
+}
+
+var _ raft.BatchingFSM = (*FSM)(nil)
+
+// Open creates the state file under dir. An existing file is discarded: the
+// state is rebuilt from the raft snapshot and log, which are the durable record.
+func Open(dir string, opts Options) (*FSM, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "state.db")
+	for _, p := range []string{path, path + ".restore"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	db, err := openBolt(path)
+	if err != nil {
+		return nil, err
+	}
+	f := &FSM{opts: opts, path: path, log: opts.Logger, db: db, waiters: map[uint64][]chan struct{}{}}
+	return f, nil
+}
+
+func openBolt(path string) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         5 * time.Second,
+		NoSync:          true, // rebuilt from raft on start; raft's own log is fsynced
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: 1 << 30, // growth remaps wait for readers (snapshots); reserve early
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// Close closes the state file.
+func (f *FSM) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.db.Close()
+}
+
+// Path returns the state file's path (tests look for plaintext in it).
+func (f *FSM) Path() string { return f.path }
+
+// AppliedIndex returns the index of the last applied log entry.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// Apply implements raft.FSM for a single entry.
+func (f *FSM) Apply(l *raft.Log) any {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies committed entries in one bolt transaction.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	if len(logs) == 0 {
+		return out
+	}
+	var changes []Change
+	last := logs[len(logs)-1].Index
+	f.mu.RLock()
+	err := f.db.Update(func(tx *bolt.Tx) error {
+		for i, l := range logs {
+			if l.Type != raft.LogCommand {
+				continue
+			}
+			w := &wtx{tx: tx, index: l.Index}
+			out[i] = f.applyOne(w, l)
+			changes = append(changes, w.changes...)
+		}
+		return tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last))
+	})
+	f.mu.RUnlock()
+	if err != nil {
+		// The store failed under us (disk full, I/O error). Replicas must not
+		// diverge, so stop here; the state is rebuilt from raft on restart.
+		panic(fmt.Sprintf("fsm: apply batch ending at %d: %v", last, err))
+	}
+	f.setApplied(last)
+	if f.opts.OnApply != nil && len(changes) > 0 {
+		f.opts.OnApply(last, changes)
+	}
+	return out
+}
+
+func (f *FSM) applyOne(w *wtx, l *raft.Log) *Result {
+	c, err := DecodeCommand(l.Data)
+	if err != nil {
+		panic(fmt.Sprintf("fsm: entry %d: %v", l.Index, err))
+	}
+	w.hdr = &c.Header
+	h, ok := handlers(c.Type)
+	if !ok {
+		if c.Flags&FlagIgnorable != 0 {
+			f.log.Warn("skipping unknown ignorable command", "type", c.Type, "index", l.Index)
+			return &Result{Index: l.Index}
+		}
+		panic(fmt.Sprintf("fsm: entry %d: unknown command type %d", l.Index, c.Type))
+	}
+	v, berr := h(w, &c)
+	return &Result{Index: l.Index, Value: v, Err: berr}
+}
+
+// Snapshot captures a read transaction: a cheap point-in-time view that Persist
+// streams while Apply goes on.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	tx, err := f.db.Begin(false)
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{tx: tx}, nil
+}
+
+// Restore builds a fresh store from a snapshot stream and swaps it in. A stream
+// that fails validation leaves the current state untouched.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	tmp := f.path + ".restore"
+	_ = os.Remove(tmp)
+	ndb, err := openBolt(tmp)
+	if err != nil {
+		return err
+	}
+	if err := loadSnapshot(ndb, rc); err != nil {
+		ndb.Close()
+		os.Remove(tmp)
+		return err
+	}
+	var idx uint64
+	_ = ndb.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bMeta).Get(keyAppliedIndex); len(v) == 8 {
+			idx = be64(v)
+		}
+		return nil
+	})
+	if err := ndb.Close(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	if err := f.db.Close(); err != nil {
+		f.mu.Unlock()
+		return err
+	}
+	if err := os.Rename(tmp, f.path); err != nil {
+		f.mu.Unlock()
+		return err
+	}
+	db, err := openBolt(f.path)
+	if err != nil {
+		f.mu.Unlock()
+		return err
+	}
+	f.db = db
+	f.mu.Unlock()
+	f.setApplied(idx)
+	f.log.Info("restored state from snapshot", "applied_index", idx)
+	if f.opts.OnRestore != nil {
+		f.opts.OnRestore(idx)
+	}
+	return nil
+}
+
+func loadSnapshot(db *bolt.DB, r io.Reader) error {
+	const batch = 20000
+	var tx *bolt.Tx
+	var cur *bolt.Bucket
+	var curName []byte
+	n := 0
+	begin := func() error {
+		var err error
+		if tx, err = db.Begin(true); err != nil {
+			return err
+		}
+		if curName != nil {
+			cur, err = tx.CreateBucketIfNotExists(curName)
+		}
+		return err
+	}
+	if err := begin(); err != nil {
+		return err
+	}
+	err := readSnapshot(r, func(name []byte) error {
+		curName = append([]byte(nil), name...)
+		var err error
+		cur, err = tx.CreateBucketIfNotExists(curName)
+		return err
+	}, func(k, v []byte) error {
+		if err := cur.Put(k, v); err != nil {
+			return err
+		}
+		if n++; n%batch == 0 {
+			if err := tx.Commit(); err != nil {
+				return err
+			}
+			return begin()
+		}
+		return nil
+	})
+	if err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// WriteSnapshotTo streams the current state in snapshot format (tests compare
+// replicas byte for byte with it).
+func (f *FSM) WriteSnapshotTo(w io.Writer) error {
+	return f.View(func(r *Reader) error { return writeSnapshot(r.tx, w) })
+}
+
+func (f *FSM) setApplied(idx uint64) {
+	f.applied.Store(idx)
+	f.waitMu.Lock()
+	for i, chs := range f.waiters {
+		if i <= idx {
+			for _, ch := range chs {
+				close(ch)
+			}
+			delete(f.waiters, i)
+		}
+	}
+	f.waitMu.Unlock()
+}
+
+// AppliedCh returns a channel closed once index idx has been applied.
+func (f *FSM) AppliedCh(idx uint64) <-chan struct{} {
+	ch := make(chan struct{})
+	f.waitMu.Lock()
+	defer f.waitMu.Unlock()
+	if f.applied.Load() >= idx {
+		close(ch)
+		return ch
+	}
+	f.waiters[idx] = append(f.waiters[idx], ch)
+	return ch
+}
+
+// View runs fn with a consistent read-only view of the state.
+func (f *FSM) View(fn func(r *Reader) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.View(func(tx *bolt.Tx) error { return fn(&Reader{tx: tx}) })
+}
+
+// Reader is a read-only view of the state. Domain files add typed accessors.
+type Reader struct{ tx *bolt.Tx }
+
+// AppliedIndex returns the index the view reflects.
+func (r *Reader) AppliedIndex() uint64 {
+	if v := r.tx.Bucket(bMeta).Get(keyAppliedIndex); len(v) == 8 {
+		return be64(v)
+	}
+	return 0
+}
+
+// wtx is the write context of one command inside a batch transaction.
+type wtx struct {
+	tx      *bolt.Tx
+	index   uint64
+	hdr     *Header
+	changes []Change
+	auditN  int // audit entries appended by this command, for their ids
+}
+
+func (w *wtx) reader() *Reader { return &Reader{tx: w.tx} }
+
+func (w *wtx) changed(kind ChangeKind, tenant, key string, deleted bool) {
+	w.changes = append(w.changes, Change{Index: w.index, Kind: kind, Tenant: tenant, Key: key, Deleted: deleted})
+}
+
+// ChangeKind names the kind of record a Change touched.
+type ChangeKind string
+
+const (
+	ChangeTenant     ChangeKind = "tenant"
+	ChangeLimit      ChangeKind = "rate_limit"
+	ChangeUser       ChangeKind = "user"
+	ChangeAPIKey     ChangeKind = "api_key"
+	ChangeIPRule     ChangeKind = "ip_rule"
+	ChangeSigningKey ChangeKind = "signing_key"
+	ChangeRevocation ChangeKind = "revocation"
+	ChangeKMSKey     ChangeKind = "kms_key"
+	ChangeOperator   ChangeKind = "operator"
+	ChangeAudit      ChangeKind = "audit"
+)
+
+// Change says which record an applied command created, updated or deleted.
+type Change struct {
+	Index   uint64     `json:"index"`
+	Kind    ChangeKind `json:"kind"`
+	Tenant  string     `json:"tenant,omitempty"`
+	Key     string     `json:"key"`
+	Deleted bool       `json:"deleted,omitempty"`
+}
