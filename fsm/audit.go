@@ -191,7 +191,7 @@ func (w *wtx) audit(tenant string, action Action, resource string, outcome Outco
 func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	heads := w.tx.Bucket(bAuditHeads)
 	var head AuditHead
-	if !getJSON(heads, []byte(in.Tenant), &head) {
+	if !getJSON(heads, tprefix(in.Tenant), &head) {
 		head = AuditHead{Tenant: in.Tenant, FirstSeq: 1}
 	}
 	w.auditN++
@@ -204,7 +204,7 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	e.Hash = e.computeHash()
 	putJSON(w.tx.Bucket(bAudit), auditKey(in.Tenant, e.Seq), e)
 	head.Seq, head.Hash = e.Seq, e.Hash
-	putJSON(heads, []byte(in.Tenant), &head)
+	putJSON(heads, tprefix(in.Tenant), &head)
 	w.changed(ChangeAudit, in.Tenant, e.ID, false)
 	return e
 }
@@ -268,7 +268,7 @@ func applyAuditRetention(w *wtx, c *Command) (any, *Error) {
 		return nil
 	})
 	for i := range changed {
-		putJSON(heads, []byte(changed[i].Tenant), &changed[i])
+		putJSON(heads, tprefix(changed[i].Tenant), &changed[i])
 	}
 	w.audit("", ActionAuditRetention, "audit", OutcomeSuccess, map[string]string{
 		"before": p.Before.UTC().Format(time.RFC3339), "dropped": itoa(dropped)})
@@ -355,7 +355,7 @@ type ChainReport struct {
 func (r *Reader) VerifyAudit(tenant string) ChainReport {
 	rep := ChainReport{Tenant: tenant}
 	var head AuditHead
-	if !getJSON(r.tx.Bucket(bAuditHeads), []byte(tenant), &head) {
+	if !getJSON(r.tx.Bucket(bAuditHeads), tprefix(tenant), &head) {
 		rep.OK = true
 		return rep
 	}

@@ -46,7 +46,7 @@ var (
 	bKMSKeys     = []byte("kms_keys")     // name → KMSKey
 	bSecrets     = []byte("secrets")      // name → wrapped secret
 	bAudit       = []byte("audit")        // tenant \x00 seq(8) → AuditEntry
-	bAuditHeads  = []byte("audit_heads")  // tenant → AuditHead
+	bAuditHeads  = []byte("audit_heads")  // tenant \x00 → AuditHead (the cluster chain is the empty tenant)
 	allBuckets   = [][]byte{bMeta, bTenants, bLimits, bUsers, bUserNames, bAPIKeys, bIPRules,
 		bSigningKeys, bRevocations, bKMSKeys, bSecrets, bAudit, bAuditHeads}
 )

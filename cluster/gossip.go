@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// NodeMeta is what a process announces about itself over gossip.
+type NodeMeta struct {
+	Role     string `json:"role"` // "server" or "edge"
+	HTTPAddr string `json:"http"`
+	RaftAddr string `json:"raft,omitempty"`
+}
+
+// GossipMember is one live member seen through gossip.
+type GossipMember struct {
+	Name   string   `json:"name"`
+	Addr   string   `json:"gossip_addr"`
+	Meta   NodeMeta `json:"meta"`
+	Status string   `json:"status"`
+}
+
+// GossipConfig configures membership gossip (hashicorp/memberlist).
+type GossipConfig struct {
+	Name      string
+	Bind      string // host:port
+	Advertise string // host:port; defaults to Bind
+	// JoinToken derives the gossip encryption key: a process without the token
+	// can neither read nor inject gossip.
+	JoinToken string
+	Meta      NodeMeta
+	Logger    *slog.Logger
+	// OnMessage receives user messages from peers (fleet rate-limit demand).
+	OnMessage func([]byte)
+	// Broadcasts returns the messages to piggyback on the next gossip round.
+	Broadcasts func(overhead, limit int) [][]byte
+	// Fast shortens probe and gossip intervals (tests and small clusters).
+	Fast bool
+}
+
+// Gossip is a memberlist instance with encryption keyed by the join token.
+type Gossip struct {
+	ml  *memberlist.Memberlist
+	cfg GossipConfig
+}
+
+// GossipKey derives the 32-byte AES-256 gossip key from a join token.
+func GossipKey(joinToken string) []byte {
+	sum := sha256.Sum256([]byte("allsource-gossip-v1\x00" + joinToken))
+	return sum[:]
+}
+
+type gossipDelegate struct {
+	meta []byte
+	cfg  *GossipConfig
+}
+
+func (d *gossipDelegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		return nil
+	}
+	return d.meta
+}
+func (d *gossipDelegate) NotifyMsg(b []byte) {
+	if d.cfg.OnMessage != nil {
+		d.cfg.OnMessage(append([]byte(nil), b...))
+	}
+}
+func (d *gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte {
+	if d.cfg.Broadcasts != nil {
+		return d.cfg.Broadcasts(overhead, limit)
+	}
+	return nil
+}
+func (d *gossipDelegate) LocalState(bool) []byte              { return nil }
+func (d *gossipDelegate) MergeRemoteState(buf []byte, _ bool) {}
+
+// NewGossip starts gossip on cfg.Bind.
+func NewGossip(cfg GossipConfig) (*Gossip, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	host, port, err := splitHostPort(cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address: %w", err)
+	}
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Fast {
+		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 500 * time.Millisecond
+		mc.GossipInterval = 100 * time.Millisecond
+	}
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	if cfg.Advertise != "" {
+		if mc.AdvertiseAddr, mc.AdvertisePort, err = splitHostPort(cfg.Advertise); err != nil {
+			return nil, fmt.Errorf("gossip advertise address: %w", err)
+		}
+	}
+	if cfg.JoinToken != "" {
+		mc.SecretKey = GossipKey(cfg.JoinToken)
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
+	meta, err := json.Marshal(cfg.Meta)
+	if err != nil {
+		return nil, err
+	}
+	mc.Delegate = &gossipDelegate{meta: meta, cfg: &cfg}
+	mc.Logger = slog.NewLogLogger(cfg.Logger.With("component", "gossip").Handler(), slog.LevelDebug)
+	mc.LogOutput = nil
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip: %w", err)
+	}
+	return &Gossip{ml: ml, cfg: cfg}, nil
+}
+
+// Join contacts the given gossip addresses; it succeeds if any answers.
+func (g *Gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
+
+// Addr is the advertised gossip address.
+func (g *Gossip) Addr() string {
+	n := g.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// Members lists live members with their metadata.
+func (g *Gossip) Members() []GossipMember {
+	var out []GossipMember
+	for _, n := range g.ml.Members() {
+		m := GossipMember{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: "alive"}
+		_ = json.Unmarshal(n.Meta, &m.Meta)
+		out = append(out, m)
+	}
+	return out
+}
+
+// Member returns the live member with the given name.
+func (g *Gossip) Member(name string) (GossipMember, bool) {
+	for _, m := range g.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return GossipMember{}, false
+}
+
+// SendTo sends a best-effort user message to one member.
+func (g *Gossip) SendTo(name string, msg []byte) error {
+	for _, n := range g.ml.Members() {
+		if n.Name == name {
+			return g.ml.SendBestEffort(n, msg)
+		}
+	}
+	return fmt.Errorf("no gossip member %q", name)
+}
+
+// NumMembers is the number of live members (including this one).
+func (g *Gossip) NumMembers() int { return g.ml.NumMembers() }
+
+// Leave announces departure and stops gossip.
+func (g *Gossip) Leave(timeout time.Duration) error {
+	err := g.ml.Leave(timeout)
+	if serr := g.ml.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port in %q", addr)
+	}
+	if h == "" {
+		h = "0.0.0.0"
+	}
+	return h, port, nil
+}
