@@ -224,27 +224,25 @@ func (f *IPFilter) Check(tenant string, addr netip.Addr) IPDecision {
 		}
 		return IPDecision{Allowed: f.def == IPAllow, Reason: IPReasonDefault}
 	}
-	addr = normAddr(addr)
-	k, full := keyOf(addr)
-	v4 := full == 32
+	k, v4 := keyOf(normAddr(addr))
 	g := f.global
-	if n := lookup(g.get(v4, IPBlock), k, full); n != nil {
-		return IPDecision{Reason: IPReasonGlobalBlock, RuleID: n.ids[0]}
+	if ids := lookup(g.get(v4, IPBlock), k); ids != nil {
+		return IPDecision{Reason: IPReasonGlobalBlock, RuleID: ids[0]}
 	}
 	if ts != nil {
-		if n := lookup(ts.get(v4, IPBlock), k, full); n != nil {
-			return IPDecision{Reason: IPReasonTenantBlock, RuleID: n.ids[0]}
+		if ids := lookup(ts.get(v4, IPBlock), k); ids != nil {
+			return IPDecision{Reason: IPReasonTenantBlock, RuleID: ids[0]}
 		}
 		if ts.nAllow > 0 {
-			if n := lookup(ts.get(v4, IPAllow), k, full); n != nil {
-				return IPDecision{Allowed: true, Reason: IPReasonTenantAllow, RuleID: n.ids[0]}
+			if ids := lookup(ts.get(v4, IPAllow), k); ids != nil {
+				return IPDecision{Allowed: true, Reason: IPReasonTenantAllow, RuleID: ids[0]}
 			}
 			return IPDecision{Reason: IPReasonNotInTenantAllowlist}
 		}
 	}
 	if g.nAllow > 0 {
-		if n := lookup(g.get(v4, IPAllow), k, full); n != nil {
-			return IPDecision{Allowed: true, Reason: IPReasonGlobalAllow, RuleID: n.ids[0]}
+		if ids := lookup(g.get(v4, IPAllow), k); ids != nil {
+			return IPDecision{Allowed: true, Reason: IPReasonGlobalAllow, RuleID: ids[0]}
 		}
 		return IPDecision{Reason: IPReasonNotInGlobalAllowlist}
 	}
@@ -364,9 +362,8 @@ func (b *IPFilterBuilder) Add(r IPRule) error {
 		b.Remove(r.ID)
 	}
 	s := b.scopeFor(r.Tenant)
-	k, _ := keyOf(p.Addr())
 	root := s.root(p.Addr().Is4(), r.Action)
-	*root = insert(*root, k, uint8(p.Bits()), r.ID, b.edit)
+	*root = insert(*root, 0, leafOf(p, []string{r.ID}), b.edit)
 	if r.Action == IPAllow {
 		s.nAllow++
 	} else {
@@ -386,8 +383,8 @@ func (b *IPFilterBuilder) Remove(id string) bool {
 	s := b.scopeFor(r.Tenant)
 	k, _ := keyOf(r.Prefix.Addr())
 	root := s.root(r.Prefix.Addr().Is4(), r.Action)
-	var removed bool
-	*root, removed = remove(*root, k, uint8(r.Prefix.Bits()), id, b.edit)
+	c, removed := remove(*root, 0, k, r.Prefix.Bits(), id, b.edit)
+	*root = c.n // the root never collapses into a leaf
 	if !removed {
 		panic("enforcement: ip rule index and trie disagree on " + id)
 	}
