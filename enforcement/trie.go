@@ -368,7 +368,7 @@ func (n *node) compact(d int, k key) child {
 		idx := n.pfx.highestAnd(&bitset256{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)})
 		r := bits.Len(uint(idx)) - 1
 		o := uint8((idx - 1<<r) << (8 - r))
-		return child{l: &leaf{k: k.masked(8 * d).withOctet(d, o), plen: 8*d + r, ids: n.vals[0]}}
+		return child{l: &leaf{k: k.masked(8*d).withOctet(d, o), plen: 8*d + r, ids: n.vals[0]}}
 	case n.kidv[0].l != nil:
 		return child{l: n.kidv[0].l}
 	}
@@ -384,7 +384,7 @@ func walkLeaves(n *node, d int, path key, fn func(*leaf)) {
 		if n.pfx.test(uint8(i)) {
 			r := bits.Len(uint(i)) - 1
 			o := uint8((i - 1<<r) << (8 - r))
-			fn(&leaf{k: path.masked(8 * d).withOctet(d, o), plen: 8*d + r, ids: n.vals[n.pfx.rank(uint8(i))]})
+			fn(&leaf{k: path.masked(8*d).withOctet(d, o), plen: 8*d + r, ids: n.vals[n.pfx.rank(uint8(i))]})
 		}
 	}
 	for o := range 256 {
