@@ -86,7 +86,7 @@ func ParseJWKS(data []byte) (*KeySet, error) {
 		if len(j.KeyOps) > 0 && !slices.Contains(j.KeyOps, "verify") {
 			continue
 		}
-		pub, err := b64.DecodeString(j.X)
+		pub, err := decodeB64(j.X)
 		if err != nil || len(pub) != ed25519.PublicKeySize {
 			return nil, fmt.Errorf("%w: JWKS key %q: x must be %d bytes of base64url", ErrInvalidKey, j.KID, ed25519.PublicKeySize)
 		}

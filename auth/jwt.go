@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -136,6 +138,12 @@ func (a audience) MarshalJSON() ([]byte, error) {
 }
 
 func (a *audience) UnmarshalJSON(b []byte) error {
+	// Fast path for the usual single plain string (Unmarshal has already
+	// validated the document, so b is a complete JSON value).
+	if len(b) >= 2 && b[0] == '"' && bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b) {
+		*a = audience{string(b[1 : len(b)-1])}
+		return nil
+	}
 	var one string
 	if err := json.Unmarshal(b, &one); err == nil {
 		*a = audience{one}
@@ -260,9 +268,20 @@ func ParseUnverifiedHeader(token string) (Header, error) {
 }
 
 // parseFront returns the header and the positions of the two dots.
-func parseFront(token string) (h Header, dots [2]int, err error) {
+func parseFront(token string) (Header, [2]int, error) {
+	dots, err := splitToken(token)
+	if err != nil {
+		return Header{}, dots, err
+	}
+	h, err := parseHeader(token[:dots[0]])
+	return h, dots, err
+}
+
+// splitToken checks the size and that token is three non-empty segments of
+// base64url characters, and returns the positions of the two dots.
+func splitToken(token string) (dots [2]int, err error) {
 	if len(token) == 0 || len(token) > MaxTokenBytes {
-		return h, dots, tokenErr(ErrTokenMalformed, "empty or too long")
+		return dots, tokenErr(ErrTokenMalformed, "empty or too long")
 	}
 	n := 0
 	for i := 0; i < len(token); i++ {
@@ -270,53 +289,67 @@ func parseFront(token string) (h Header, dots [2]int, err error) {
 		switch {
 		case c == '.':
 			if n == 2 {
-				return h, dots, tokenErr(ErrTokenMalformed, "more than three segments")
+				return dots, tokenErr(ErrTokenMalformed, "more than three segments")
 			}
 			dots[n] = i
 			n++
 		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
 		default:
-			return h, dots, tokenErr(ErrTokenMalformed, "not base64url")
+			return dots, tokenErr(ErrTokenMalformed, "not base64url")
 		}
 	}
 	if n != 2 || dots[0] == 0 || dots[1] == dots[0]+1 || dots[1] == len(token)-1 {
-		return h, dots, tokenErr(ErrTokenMalformed, "want three non-empty segments")
+		return dots, tokenErr(ErrTokenMalformed, "want three non-empty segments")
 	}
 	if dots[0] > maxHeaderSegment {
-		return h, dots, tokenErr(ErrTokenMalformed, "header too long")
+		return dots, tokenErr(ErrTokenMalformed, "header too long")
 	}
-	hb, err := b64.DecodeString(token[:dots[0]])
+	return dots, nil
+}
+
+// parseHeader decodes and checks the header segment.
+func parseHeader(seg string) (Header, error) {
+	hb, err := b64.DecodeString(seg)
 	if err != nil || len(hb) == 0 || hb[0] != '{' {
-		return h, dots, tokenErr(ErrTokenMalformed, "header is not a JSON object")
+		return Header{}, tokenErr(ErrTokenMalformed, "header is not a JSON object")
 	}
 	var rh rawHeader
 	if err := json.Unmarshal(hb, &rh); err != nil {
-		return h, dots, tokenErr(ErrTokenMalformed, "header is not a JSON object")
+		return Header{}, tokenErr(ErrTokenMalformed, "header is not a JSON object")
 	}
 	switch Alg(rh.Alg) {
 	case AlgEdDSA, AlgHS256:
 	default:
-		return h, dots, tokenErr(ErrTokenAlgorithm, "alg must be EdDSA or HS256")
+		return Header{}, tokenErr(ErrTokenAlgorithm, "alg must be EdDSA or HS256")
 	}
 	if rh.Crit != nil || rh.B64 != nil || rh.JKU != nil || rh.JWK != nil || rh.X5U != nil || rh.X5C != nil {
-		return h, dots, tokenErr(ErrTokenMalformed, "unsupported header member (crit, b64, jku, jwk, x5u or x5c)")
+		return Header{}, tokenErr(ErrTokenMalformed, "unsupported header member (crit, b64, jku, jwk, x5u or x5c)")
 	}
 	if rh.Typ != "" && !strings.EqualFold(rh.Typ, "JWT") {
-		return h, dots, tokenErr(ErrTokenMalformed, "typ must be JWT")
+		return Header{}, tokenErr(ErrTokenMalformed, "typ must be JWT")
 	}
-	h = Header{Alg: Alg(rh.Alg), Typ: rh.Typ}
+	h := Header{Alg: Alg(rh.Alg), Typ: rh.Typ}
 	if rh.KID != nil {
 		if !ValidKID(*rh.KID) {
-			return h, dots, tokenErr(ErrTokenMalformed, "invalid kid")
+			return Header{}, tokenErr(ErrTokenMalformed, "invalid kid")
 		}
 		h.KID = *rh.KID
 	}
-	return h, dots, nil
+	return h, nil
 }
 
 // b64 is strict: non-canonical encodings (stray trailing bits) are refused,
-// so one token has exactly one spelling.
+// so one token has exactly one spelling. It still skips '\r' and '\n', which
+// parseFront has already refused; other callers use decodeB64.
 var b64 = base64.RawURLEncoding.Strict()
+
+// decodeB64 is b64.DecodeString refusing line breaks too.
+func decodeB64(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errors.New("line break in base64url")
+	}
+	return b64.DecodeString(s)
+}
 
 // VerifyOptions say what Verify accepts. Issuer, Audience and Now are
 // required: a verifier that checks no issuer or no time is a misconfiguration.
@@ -359,28 +392,9 @@ func Verify(token string, ks *KeySet, opts VerifyOptions) (Claims, error) {
 	if opts.Use == "" {
 		opts.Use = TokenAccess
 	}
-	h, dots, err := parseFront(token)
+	key, dots, err := selectKey(token, ks)
 	if err != nil {
 		return Claims{}, err
-	}
-
-	var key *VerificationKey
-	if h.KID == "" {
-		if ks == nil || ks.usable == nil {
-			return Claims{}, tokenErr(ErrUnknownKey, "token has no kid and the key set does not hold exactly one key")
-		}
-		key = ks.usable
-	} else {
-		var ok bool
-		if key, ok = ks.Lookup(h.KID); !ok {
-			return Claims{}, tokenErr(ErrUnknownKey, "kid "+h.KID)
-		}
-	}
-	if key.state == KeyRetired {
-		return Claims{}, tokenErr(ErrKeyRetired, "kid "+key.kid)
-	}
-	if h.Alg != key.alg {
-		return Claims{}, tokenErr(ErrTokenAlgorithm, fmt.Sprintf("token alg %s, key %s is %s", h.Alg, key.kid, key.alg))
 	}
 
 	signed, sigSeg := token[:dots[1]], token[dots[1]+1:]
@@ -424,6 +438,51 @@ func Verify(token string, ks *KeySet, opts VerifyOptions) (Claims, error) {
 		return Claims{}, err
 	}
 	return c, nil
+}
+
+// selectKey runs the front end and picks the verification key, enforcing
+// kid, key state and the exact algorithm registered for the key.
+func selectKey(token string, ks *KeySet) (*VerificationKey, [2]int, error) {
+	dots, err := splitToken(token)
+	if err != nil {
+		return nil, dots, err
+	}
+	// Fast path: the exact header segment this cluster mints for a known
+	// key decodes to {alg: key's alg, kid: key's kid, typ: JWT}; skip the
+	// JSON. Any other spelling takes the full parse.
+	if ks != nil {
+		if key, ok := ks.byHeader[token[:dots[0]]]; ok {
+			return key, dots, checkKey(key, key.alg)
+		}
+	}
+	h, err := parseHeader(token[:dots[0]])
+	if err != nil {
+		return nil, dots, err
+	}
+	var key *VerificationKey
+	if h.KID == "" {
+		if ks == nil || ks.usable == nil {
+			return nil, dots, tokenErr(ErrUnknownKey, "token has no kid and the key set does not hold exactly one key")
+		}
+		key = ks.usable
+	} else {
+		var ok bool
+		if key, ok = ks.Lookup(h.KID); !ok {
+			return nil, dots, tokenErr(ErrUnknownKey, "kid "+h.KID)
+		}
+	}
+	return key, dots, checkKey(key, h.Alg)
+}
+
+// checkKey refuses retired keys and any algorithm but the key's own.
+func checkKey(key *VerificationKey, alg Alg) error {
+	if key.state == KeyRetired {
+		return tokenErr(ErrKeyRetired, "kid "+key.kid)
+	}
+	if alg != key.alg {
+		return tokenErr(ErrTokenAlgorithm, fmt.Sprintf("token alg %s, key %s is %s", alg, key.kid, key.alg))
+	}
+	return nil
 }
 
 func checkClaims(w *wireClaims, opts VerifyOptions) error {

@@ -188,7 +188,11 @@ func TestVerifyAttacks(t *testing.T) {
 	pl["role"] = "admin"
 	escalated := parts[0] + "." + enc(pl) + "." + parts[2]
 	flipped := []byte(good)
-	flipped[len(flipped)-5] ^= 0x01
+	if flipped[len(flipped)-5] == 'A' {
+		flipped[len(flipped)-5] = 'B'
+	} else {
+		flipped[len(flipped)-5] = 'A'
+	}
 
 	edHdr := map[string]any{"alg": "EdDSA", "kid": "ed-1", "typ": "JWT"}
 	hsHdr := map[string]any{"alg": "HS256", "kid": "hs-1", "typ": "JWT"}
@@ -261,7 +265,7 @@ func TestVerifyAttacks(t *testing.T) {
 		{"four segments", good + ".x", ErrTokenMalformed},
 		{"empty payload", parts[0] + ".." + parts[2], ErrTokenMalformed},
 		{"padding", parts[0] + "=." + parts[1] + "." + parts[2], ErrTokenMalformed},
-		{"std base64 characters", strings.ReplaceAll(good, "_", "/"), ErrTokenMalformed},
+		{"std base64 character", good[:len(good)-5] + "+" + good[len(good)-4:], ErrTokenMalformed},
 		{"whitespace", " " + good, ErrTokenMalformed},
 		{"bearer prefix left on", "Bearer " + good, ErrTokenMalformed},
 		{"too long", parts[0] + "." + strings.Repeat("A", MaxTokenBytes) + "." + parts[2], ErrTokenMalformed},
@@ -387,6 +391,51 @@ func TestVerifyOptionsAndKeySelection(t *testing.T) {
 	ac.Audience = []string{"other", testAud}
 	if got, err := Verify(mint(t, ac, f.hs), f.ks, f.opts); err != nil || len(got.Audience) != 2 {
 		t.Fatalf("audience list: %+v %v", got, err)
+	}
+}
+
+// Tokens minted here take the header fast path; the same header spelled
+// differently takes the full parse and reaches the same decisions.
+func TestVerifyHeaderFastPath(t *testing.T) {
+	f := newJWTFixture(t)
+	for _, k := range []*SigningKey{f.ed1, f.ed2, f.edRetired, f.hs} {
+		tok := mint(t, validClaims(), k)
+		vk, _ := f.ks.Lookup(k.KID)
+		if got, ok := f.ks.byHeader[strings.Split(tok, ".")[0]]; !ok || got != vk {
+			t.Fatalf("%s: minted header %q is not the cached canonical header", k.KID, strings.Split(tok, ".")[0])
+		}
+	}
+	reordered := map[string]any{"typ": "JWT", "kid": "ed-1", "alg": "EdDSA"}
+	slow := enc(`{"kid":"ed-1","alg":"EdDSA"}`)
+	if _, ok := f.ks.byHeader[slow]; ok {
+		t.Fatal("a different spelling must not hit the cache")
+	}
+	if _, err := Verify(craft(`{"kid":"ed-1","alg":"EdDSA"}`, payload(nil), edSign(f.ed1)), f.ks, f.opts); err != nil {
+		t.Fatalf("reordered header: %v", err)
+	}
+	if _, err := Verify(craft(reordered, payload(nil), edSign(f.ed1)), f.ks, f.opts); err != nil {
+		t.Fatalf("reordered header: %v", err)
+	}
+	// Cached headers of retired keys are still refused.
+	if _, err := Verify(mint(t, validClaims(), f.edRetired), f.ks, f.opts); !errors.Is(err, ErrKeyRetired) {
+		t.Fatalf("retired key through the fast path: %v", err)
+	}
+	// A cached header with a broken remainder is still malformed.
+	tok := mint(t, validClaims(), f.ed1)
+	for _, bad := range []string{tok + ".x", strings.Replace(tok, ".", "..", 1), tok[:strings.LastIndexByte(tok, '.')+1], tok + "=", tok[:strings.IndexByte(tok, '.')+1] + "%" + tok[strings.IndexByte(tok, '.')+2:]} {
+		if _, err := Verify(bad, f.ks, f.opts); !errors.Is(err, ErrTokenMalformed) {
+			t.Fatalf("%q: %v", bad, err)
+		}
+	}
+	// Audience decoding: plain string, escaped string, list.
+	base := `{"sub":"u","tenant_id":"t","role":"admin","iss":"` + testIssuer + `","iat":` + fmt.Sprint(testNow.Unix()-5) +
+		`,"exp":` + fmt.Sprint(testNow.Unix()+60) + `,"jti":"j","typ":"access","aud":`
+	for aud, ok := range map[string]bool{`"allsource"`: true, `"allsourc\u0065"`: true, `["x","allsource"]`: true,
+		`"allsource "`: false, `"\u0061llsource"`: true, `"Allsource"`: false, `[]`: false, `""`: false} {
+		_, err := Verify(craft(map[string]any{"alg": "EdDSA", "kid": "ed-1"}, base+aud+"}", edSign(f.ed1)), f.ks, f.opts)
+		if (err == nil) != ok {
+			t.Errorf("aud %s: %v", aud, err)
+		}
 	}
 }
 

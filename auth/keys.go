@@ -152,7 +152,7 @@ func ParseSigningKey(b []byte) (*SigningKey, error) {
 	if j.V != 1 {
 		return nil, fmt.Errorf("%w: unsupported serialisation version %d", ErrInvalidKey, j.V)
 	}
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(j.Key)
+	raw, err := decodeB64(j.Key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: key is not base64url", ErrInvalidKey)
 	}
@@ -256,11 +256,16 @@ func (k *VerificationKey) verifyHS256(signed string, sig []byte) bool {
 type KeySet struct {
 	byKID  map[string]*VerificationKey
 	usable *VerificationKey // the only non-retired key, if exactly one
+	// byHeader maps the exact base64url header segment that Mint writes for
+	// a key ({"alg":…,"kid":…,"typ":"JWT"}) to that key, so Verify can skip
+	// decoding the header of tokens this cluster minted. Any other spelling
+	// takes the full parse; both reach the same decision.
+	byHeader map[string]*VerificationKey
 }
 
 // NewKeySet builds a set; kids must be distinct.
 func NewKeySet(keys ...*VerificationKey) (*KeySet, error) {
-	s := &KeySet{byKID: make(map[string]*VerificationKey, len(keys))}
+	s := &KeySet{byKID: make(map[string]*VerificationKey, len(keys)), byHeader: make(map[string]*VerificationKey, len(keys))}
 	n := 0
 	for _, k := range keys {
 		if k == nil {
@@ -270,6 +275,7 @@ func NewKeySet(keys ...*VerificationKey) (*KeySet, error) {
 			return nil, fmt.Errorf("%w: duplicate kid %q", ErrInvalidKey, k.kid)
 		}
 		s.byKID[k.kid] = k
+		s.byHeader[canonicalHeader(k.alg, k.kid)] = k
 		if k.state != KeyRetired {
 			n++
 			s.usable = k
@@ -279,6 +285,13 @@ func NewKeySet(keys ...*VerificationKey) (*KeySet, error) {
 		s.usable = nil
 	}
 	return s, nil
+}
+
+// canonicalHeader is the header segment Mint produces for alg and kid. The
+// jwt library marshals its header map with sorted keys, and kids are plain
+// [A-Za-z0-9._-], so the JSON needs no escaping.
+func canonicalHeader(alg Alg, kid string) string {
+	return b64.EncodeToString([]byte(`{"alg":"` + string(alg) + `","kid":"` + kid + `","typ":"JWT"}`))
 }
 
 // Lookup returns the key with this kid.

@@ -216,6 +216,7 @@ func TestParseJWKSRejects(t *testing.T) {
 		"symmetric key":        `{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"},` + key("") + `]}`,
 		"short x":              `{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA","kid":"k1"}]}`,
 		"x not base64url":      `{"keys":[{"kty":"OKP","crv":"Ed25519","x":"` + strings.Repeat("+", 43) + `","kid":"k1"}]}`,
+		"line break in x":      `{"keys":[{"kty":"OKP","crv":"Ed25519","x":"` + x[:20] + `\n` + x[20:] + `","kid":"k1"}]}`,
 		"missing kid":          `{"keys":[{"kty":"OKP","crv":"Ed25519","x":"` + x + `"}]}`,
 		"duplicate kid":        `{"keys":[` + key("") + `,` + key("") + `]}`,
 		"alg mismatch":         `{"keys":[` + key(`,"alg":"HS256"`) + `]}`,

@@ -165,6 +165,11 @@ func parsePHC(encoded string, l paramLimits) (p Params, salt, key []byte, err er
 		return bad("parameters must be m=<KiB>,t=<passes>,p=<lanes>")
 	}
 	enc := base64.RawStdEncoding.Strict()
+	// encoding/base64 skips '\r' and '\n' even in strict mode: refuse them,
+	// so that one hash has one spelling.
+	if strings.ContainsAny(saltS, "\r\n") || strings.ContainsAny(keyS, "\r\n") {
+		return bad("line breaks in base64")
+	}
 	if salt, err = enc.DecodeString(saltS); err != nil {
 		return bad("salt is not canonical unpadded base64")
 	}

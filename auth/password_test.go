@@ -121,6 +121,8 @@ func TestParsePHCMalformed(t *testing.T) {
 		"short key":          "$argon2id$v=19$m=64,t=1,p=1$" + salt + "$AAAAAAAA",
 		"non-canonical bits": "$argon2id$v=19$m=64,t=1,p=1$" + salt[:21] + "B$" + key,
 		"huge":               "$argon2id$v=19$m=64,t=1,p=1$" + strings.Repeat("A", 1000) + "$" + key,
+		"line break in hash": "$argon2id$v=19$m=64,t=1,p=1$" + salt + "$" + key[:10] + "\n" + key[10:],
+		"CR in salt":         "$argon2id$v=19$m=64,t=1,p=1$" + salt[:5] + "\r" + salt[5:] + "$" + key,
 	}
 	for name, phc := range cases {
 		t.Run(name, func(t *testing.T) {
