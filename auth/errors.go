@@ -36,12 +36,13 @@ var (
 // Opaque credential errors (API keys, refresh tokens, operator tokens).
 // ErrAPIKeyChecksum matches ErrAPIKeyMalformed.
 var (
-	ErrAPIKeyMalformed            = errors.New("auth: malformed API key")
-	ErrAPIKeyChecksum       error = &wrapped{msg: "auth: API key checksum mismatch", err: ErrAPIKeyMalformed}
-	ErrRefreshMalformed           = errors.New("auth: malformed refresh token")
-	ErrOperatorTokenInvalid       = errors.New("auth: operator token must be 32 to 1024 printable characters, without surrounding spaces or a reserved prefix")
-	ErrPepperTooShort             = errors.New("auth: pepper must be at least 32 bytes")
-	ErrRecoveryCodeInvalid        = errors.New("auth: malformed recovery code")
+	ErrAPIKeyMalformed             = errors.New("auth: malformed API key")
+	ErrAPIKeyChecksum        error = &wrapped{msg: "auth: API key checksum mismatch", err: ErrAPIKeyMalformed}
+	ErrRefreshMalformed            = errors.New("auth: malformed refresh token")
+	ErrOperatorTokenInvalid        = errors.New("auth: operator token must be 32 to 1024 printable characters, without surrounding spaces or a reserved prefix")
+	ErrOperatorTokenChecksum error = &wrapped{msg: "auth: operator token checksum mismatch", err: ErrOperatorTokenInvalid}
+	ErrPepperTooShort              = errors.New("auth: pepper must be at least 32 bytes")
+	ErrRecoveryCodeInvalid         = errors.New("auth: malformed recovery code")
 )
 
 // Key and configuration errors.

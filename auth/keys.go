@@ -271,6 +271,9 @@ func NewKeySet(keys ...*VerificationKey) (*KeySet, error) {
 		if k == nil {
 			return nil, fmt.Errorf("%w: nil key", ErrInvalidKey)
 		}
+		if (k.alg != AlgEdDSA || len(k.pub) != ed25519.PublicKeySize) && (k.alg != AlgHS256 || k.macs == nil) || !ValidKID(k.kid) {
+			return nil, fmt.Errorf("%w: key not made by a constructor", ErrInvalidKey)
+		}
 		if _, dup := s.byKID[k.kid]; dup {
 			return nil, fmt.Errorf("%w: duplicate kid %q", ErrInvalidKey, k.kid)
 		}

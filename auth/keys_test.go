@@ -110,6 +110,9 @@ func TestKeySet(t *testing.T) {
 	if _, err := NewKeySet(va, nil); !errors.Is(err, ErrInvalidKey) {
 		t.Fatalf("nil key: %v", err)
 	}
+	if _, err := NewKeySet(&VerificationKey{}); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("zero key: %v", err)
+	}
 	if _, err := a.VerificationKey("dormant"); !errors.Is(err, ErrInvalidKey) {
 		t.Fatalf("bad state: %v", err)
 	}

@@ -413,6 +413,9 @@ func TestOperatorTokens(t *testing.T) {
 		{"refresh prefix", "asr_" + strings.Repeat("x", 40), false},
 		{"jwt-like", strings.Repeat("x", 20) + "." + strings.Repeat("y", 20) + ".z", false},
 		{"one dot is fine", strings.Repeat("x", 20) + "." + strings.Repeat("y", 20), true},
+		{"generated shape, bad checksum", tok[:len(tok)-6] + "000000", false},
+		{"generated shape, typo", tok[:10] + string("ab"[boolInt(tok[10] == 'a')]) + tok[11:], false},
+		{"aso_ prefix, other shape", "aso_" + strings.Repeat("x", 40) + "!", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -428,6 +431,9 @@ func TestOperatorTokens(t *testing.T) {
 				t.Fatal("valid token does not verify")
 			}
 		})
+	}
+	if err := ValidateOperatorToken(tok[:len(tok)-6] + "000000"); !errors.Is(err, ErrOperatorTokenChecksum) || !errors.Is(err, ErrOperatorTokenInvalid) {
+		t.Fatalf("bad checksum: %v", err)
 	}
 	h, _ := testPepper.HashOperatorToken(tok)
 	if VerifyOperatorToken(testPepper, tok[:len(tok)-1]+"x", h) || VerifyOperatorToken(testPepper, tok+"x", h) ||

@@ -31,12 +31,21 @@ func NewOperatorToken(r io.Reader) (string, error) {
 	return string(b), nil
 }
 
-// ValidateOperatorToken checks an operator token supplied from outside
-// (ALLSOURCE_BOOTSTRAP_TOKEN): at least 32 characters, at most 1024 bytes,
-// valid UTF-8, printable (spaces allowed inside, not at either end), and not
-// of a form that ClassifyCredential routes elsewhere (an "ask_"/"asr_" prefix,
-// or two dots like a JWT) — such a token could never be presented.
+// ValidateOperatorToken checks an operator token, generated or supplied from
+// outside (ALLSOURCE_BOOTSTRAP_TOKEN): at least 32 characters, at most 1024
+// bytes, valid UTF-8, printable (spaces allowed inside, not at either end),
+// and not of a form that ClassifyCredential routes elsewhere (an "ask_"/"asr_"
+// prefix, or two dots like a JWT) — such a token could never be presented.
+// A token shaped like a generated one (aso_ and 49 base62 characters) must
+// carry a valid checksum, so a mistyped generated token is refused without a
+// lookup (ErrOperatorTokenChecksum, which matches ErrOperatorTokenInvalid).
 func ValidateOperatorToken(tok string) error {
+	if looksGeneratedOperator(tok) {
+		if !checksumOK(tok) {
+			return ErrOperatorTokenChecksum
+		}
+		return nil
+	}
 	if len(tok) > MaxOperatorTokenBytes || !utf8.ValidString(tok) ||
 		utf8.RuneCountInString(tok) < MinOperatorTokenChars ||
 		strings.TrimSpace(tok) != tok || ClassifyCredential(tok) != CredentialOperator {
@@ -48,6 +57,10 @@ func ValidateOperatorToken(tok string) error {
 		}
 	}
 	return nil
+}
+
+func looksGeneratedOperator(tok string) bool {
+	return len(tok) == plainTokenLen && strings.HasPrefix(tok, OperatorTokenPrefix) && isBase62(tok[prefixLen:])
 }
 
 // HashOperatorToken validates tok and returns
@@ -63,6 +76,9 @@ func (p *Pepper) HashOperatorToken(tok string) (KeyHash, error) {
 // (for tokens of valid length). A nil pepper or zero hash never verifies.
 func VerifyOperatorToken(p *Pepper, tok string, stored KeyHash) bool {
 	if p == nil || stored.IsZero() || len(tok) > MaxOperatorTokenBytes || len(tok) < MinOperatorTokenChars {
+		return false
+	}
+	if looksGeneratedOperator(tok) && !checksumOK(tok) {
 		return false
 	}
 	return p.equalMAC(stored, "aso\x00", tok, "", "")

@@ -53,7 +53,7 @@ type paramLimits struct {
 	maxThreads uint8
 }
 
-var defaultLimits = paramLimits{maxMemory: 1 << 21 /* 2 GiB */, maxTime: 64, maxThreads: 64}
+var defaultLimits = paramLimits{maxMemory: 1 << 20 /* 1 GiB */, maxTime: 32, maxThreads: 64}
 
 const (
 	minSaltLen, maxSaltLen = 8, 64

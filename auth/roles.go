@@ -1,7 +1,3 @@
-// Package auth holds the pure security primitives of AllSource Guard: roles and
-// permissions, password hashing, token minting and verification, and the API-key
-// format. It does no I/O and knows nothing of raft or HTTP, so the state machine,
-// the API servers and the edges all make the same decisions from the same code.
 package auth
 
 import (
