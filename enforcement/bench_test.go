@@ -3,6 +3,7 @@ package enforcement
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -209,4 +210,54 @@ func BenchmarkBucketAllow(b *testing.B) {
 		}
 		_ = t
 	})
+}
+
+func BenchmarkClientIP(b *testing.B) {
+	ps, err := ParseTrustedProxies([]string{"10.0.0.0/8", "172.16.0.0/12", "fd00::/8"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := NewClientIPResolver(ps)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cases := []struct {
+		name, remote string
+		h            http.Header
+		want         string
+	}{
+		{"direct", "203.0.113.5:51234", http.Header{"X-Forwarded-For": {"1.1.1.1"}}, "203.0.113.5"},
+		{"one-proxy", "10.0.0.2:51234", http.Header{"X-Forwarded-For": {"203.0.113.5"}}, "203.0.113.5"},
+		{"three-hops", "10.0.0.2:51234", http.Header{"X-Forwarded-For": {"6.6.6.6, 203.0.113.5, 172.16.0.9, 10.1.1.1"}}, "203.0.113.5"},
+		{"v6", "[fd00::1]:443", http.Header{"X-Forwarded-For": {"[2001:db8::7]:443, fd00::2"}}, "2001:db8::7"},
+	}
+	for _, c := range cases {
+		want := netip.MustParseAddr(c.want)
+		b.Run(c.name, func(b *testing.B) {
+			for range b.N {
+				a, err := r.Resolve(c.remote, c.h)
+				if err != nil || a != want {
+					b.Fatalf("%s, %v", a, err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkRequestID(b *testing.B) {
+	for range b.N {
+		_ = NewRequestID()
+	}
+}
+
+func BenchmarkDemandRecord(b *testing.B) {
+	m := NewDemandMeter(nil, 0)
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("tenant-%04d", i)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		m.Record(keys[i%len(keys)], 1)
+	}
 }
