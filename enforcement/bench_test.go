@@ -107,7 +107,7 @@ func BenchmarkIPFilterCheck(b *testing.B) {
 	}
 }
 
-// BenchmarkLinearScan is the baseline the design rejects: a scan of 1,000
+// BenchmarkLinearScan1k is the baseline the design rejects: a scan of 1,000
 // prefixes with netip.Prefix.Contains.
 func BenchmarkLinearScan1k(b *testing.B) {
 	rules := benchRules(1000, false)

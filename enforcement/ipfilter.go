@@ -137,8 +137,11 @@ func (s *scope) root(v4 bool, a IPAction) **node {
 	}
 }
 
-// get returns the trie root for (family, action).
+// get returns the trie root for (family, action); nil-safe.
 func (s *scope) get(v4 bool, a IPAction) *node {
+	if s == nil {
+		return nil
+	}
 	if v4 {
 		if a == IPBlock {
 			return s.block4
@@ -151,7 +154,7 @@ func (s *scope) get(v4 bool, a IPAction) *node {
 	return s.allow6
 }
 
-func (s *scope) empty() bool { return s.nBlock == 0 && s.nAllow == 0 }
+func (s *scope) empty() bool { return s == nil || (s.nBlock == 0 && s.nAllow == 0) }
 
 // IPFilter decides whether a client address may reach a tenant.
 //
@@ -208,12 +211,21 @@ func NewIPFilter(def IPAction) *IPFilter {
 }
 
 func (f *IPFilter) shard(s string) int {
+	if f.seed == (maphash.Seed{}) { // the zero IPFilter
+		return 0
+	}
 	return int(maphash.String(f.seed, s) % tenantShards)
 }
 
 // Check evaluates addr for tenant ("" for global rules only) as documented on
 // IPFilter. IPv4-mapped IPv6 addresses are looked up as IPv4, zones are ignored.
+//
+// A nil *IPFilter (no view loaded yet) and the zero IPFilter have no rules
+// and deny by default: fail closed.
 func (f *IPFilter) Check(tenant string, addr netip.Addr) IPDecision {
+	if f == nil {
+		return IPDecision{Reason: IPReasonDefault}
+	}
 	var ts *scope
 	if tenant != "" {
 		ts = f.tenants[f.shard(tenant)][tenant]
@@ -240,7 +252,7 @@ func (f *IPFilter) Check(tenant string, addr netip.Addr) IPDecision {
 			return IPDecision{Reason: IPReasonNotInTenantAllowlist}
 		}
 	}
-	if g.nAllow > 0 {
+	if g != nil && g.nAllow > 0 {
 		if ids := lookup(g.get(v4, IPAllow), k); ids != nil {
 			return IPDecision{Allowed: true, Reason: IPReasonGlobalAllow, RuleID: ids[0]}
 		}

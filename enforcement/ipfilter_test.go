@@ -435,3 +435,24 @@ func TestIPFilterConcurrentReaders(t *testing.T) {
 	close(ch)
 	<-done
 }
+
+func TestIPFilterZeroAndNil(t *testing.T) {
+	var nilF *IPFilter
+	if d := nilF.Check("acme", addrIn); d.Allowed || d.Reason != IPReasonDefault {
+		t.Fatalf("nil filter: %+v", d)
+	}
+	var zero IPFilter
+	if d := zero.Check("acme", addrIn); d.Allowed || d.Reason != IPReasonDefault {
+		t.Fatalf("zero filter: %+v", d)
+	}
+	f, err := zero.With(rule("r", "acme", "198.51.100.0/24", IPAllow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := f.Check("acme", addrIn); !d.Allowed || d.RuleID != "r" {
+		t.Fatalf("filter built from the zero filter: %+v", d)
+	}
+	if d := f.Check("acme", addrOut); d.Reason != IPReasonNotInTenantAllowlist {
+		t.Fatalf("filter built from the zero filter: %+v", d)
+	}
+}
