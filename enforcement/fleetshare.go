@@ -147,7 +147,8 @@ func FleetShares(self map[string]float64, peers []map[string]float64, budget fun
 // each tenant's rate with weight 1 − e^(−Δt/τ), so the estimate forgets with
 // time constant τ whatever the tick spacing. A tenant's first tick takes its
 // observed rate as is (no ramp from zero); tenants whose rate decays below
-// 0.001 tokens/s are dropped.
+// 0.001 tokens/s are dropped (a Record racing with the Tick that drops its
+// tenant can be lost; that tenant's estimate was about zero anyway).
 type DemandMeter struct {
 	clock  Clock
 	tau    float64 // seconds
