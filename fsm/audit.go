@@ -225,8 +225,9 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 		if e := in.Validate(); e != nil {
 			return nil, e
 		}
-		// Only the cluster itself (servers, edges) writes other tenants' entries.
-		if !pr.IsOperator() && in.Tenant != pr.Tenant {
+		// Only the cluster itself (servers, edges) writes other tenants' entries,
+		// and the cluster's own chain (the empty tenant).
+		if !pr.IsOperator() && (pr.Tenant == "" || in.Tenant != pr.Tenant) {
 			return nil, errf(CodeForbidden, "audit entries may only be written to the caller's tenant")
 		}
 	}
@@ -389,7 +390,9 @@ func (r *Reader) VerifyAudit(tenant string) ChainReport {
 	if want != head.Seq+1 {
 		return fail(want, fmt.Sprintf("chain ends at %d but head is %d (entries deleted)", want-1, head.Seq))
 	}
-	if head.Seq > 0 && prev != head.Hash {
+	// A chain that retention emptied (FirstSeq == Seq+1) has no last entry to
+	// compare with its head.
+	if head.Seq >= head.FirstSeq && prev != head.Hash {
 		return fail(head.Seq, "last entry does not match the chain head")
 	}
 	rep.OK = true
