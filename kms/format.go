@@ -1,0 +1,231 @@
+package kms
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+)
+
+// Ciphertext format, version 1. Binary form (big-endian integers):
+//
+//	offset     size  field
+//	0          1     magic 0xA5
+//	1          1     format version 0x01
+//	2          1     kind: 0x01 field ciphertext (envelope), 0x02 wrapped secret
+//	3          1     n = length of the key name, 1..64
+//	4          n     key name, [A-Za-z0-9_-]
+//	4+n        4     key version, uint32, >= 1
+//
+//	kind 0x01, field ciphertext:
+//	8+n        2     w = length of the wrapped data key, uint16, >= 1
+//	10+n       w     wrapped data key (the backend's ciphertext of the 32-byte data key)
+//	10+n+w     12    nonce (random, 96 bits)
+//	22+n+w     >=16  AES-256-GCM ciphertext of the plaintext, followed by the 16-byte tag
+//
+//	kind 0x02, wrapped secret (data keys returned to callers, small secrets):
+//	8+n        >=1   the backend's ciphertext of the secret, to the end
+//
+// The AES-GCM associated data of a field ciphertext is
+//
+//	bytes [0, 10+n+w) of the ciphertext (magic .. wrapped data key)
+//	|| uvarint(len(tenant)) || tenant || uvarint(len(field)) || field
+//
+// so it binds the format, the key name and version, the wrapped data key,
+// and the caller's Context. The wrapped data key is itself bound by the
+// backend to Binding{Key, PurposeDataKey, Context}; a wrapped secret to
+// Binding{Key, PurposeSecret, Context}.
+//
+// Text form: "asg:v1:" followed by the binary form in unpadded base64url
+// (RFC 4648 §5). The "v1" repeats the format version byte. Every function
+// that takes a ciphertext accepts either form: a binary ciphertext starts
+// with 0xA5, a text one with 'a'.
+const (
+	ctMagic      = 0xA5
+	ctVersion1   = 0x01
+	KindField    = 0x01
+	KindSecret   = 0x02
+	TextPrefix   = "asg:v1:"
+	nonceSize    = 12
+	tagSize      = 16
+	dataKeySize  = 32
+	maxWrapped   = 0xFFFF
+	headerMinLen = 4 + 1 + 4
+)
+
+// Ciphertext is a parsed ciphertext. The slices alias the input.
+type Ciphertext struct {
+	Kind       byte
+	KeyName    string
+	KeyVersion int
+	// WrappedKey is the wrapped data key (KindField) or the wrapped secret
+	// (KindSecret).
+	WrappedKey []byte
+	// Nonce and Sealed (ciphertext || tag) are set for KindField only.
+	Nonce  []byte
+	Sealed []byte
+	// header is bytes [0, 10+n+w) of the binary form (KindField).
+	header []byte
+}
+
+// ParseCiphertext parses a ciphertext in binary or text form. It checks
+// structure only (no key is involved): the magic, format version, kind,
+// key name alphabet and length, version >= 1, and every length. Any failure
+// wraps ErrMalformedCiphertext and says what was wrong; it never panics.
+func ParseCiphertext(in []byte) (*Ciphertext, error) {
+	b := in
+	if len(b) > 0 && b[0] != ctMagic {
+		var err error
+		if b, err = decodeText(b); err != nil {
+			return nil, err
+		}
+	}
+	if len(b) < headerMinLen {
+		return nil, malformed("truncated: %d bytes, the header alone needs at least %d", len(b), headerMinLen)
+	}
+	if b[0] != ctMagic {
+		return nil, malformed("bad magic byte")
+	}
+	if b[1] != ctVersion1 {
+		return nil, malformed("format version %d not supported", b[1])
+	}
+	kind := b[2]
+	if kind != KindField && kind != KindSecret {
+		return nil, malformed("unknown kind %d", kind)
+	}
+	n := int(b[3])
+	if n < 1 || n > MaxKeyNameLen {
+		return nil, malformed("key name length %d outside 1..%d", n, MaxKeyNameLen)
+	}
+	off := 4
+	if len(b) < off+n+4 {
+		return nil, malformed("truncated in the key name or version")
+	}
+	name := string(b[off : off+n])
+	if ValidateKeyName(name) != nil {
+		return nil, malformed("key name has characters outside [A-Za-z0-9_-]")
+	}
+	off += n
+	ver := binary.BigEndian.Uint32(b[off:])
+	if ver < 1 || ver > 1<<31-1 {
+		return nil, malformed("key version %d out of range", ver)
+	}
+	off += 4
+	ct := &Ciphertext{Kind: kind, KeyName: name, KeyVersion: int(ver)}
+	if kind == KindSecret {
+		if len(b) == off {
+			return nil, malformed("truncated: no wrapped secret")
+		}
+		ct.WrappedKey = b[off:]
+		return ct, nil
+	}
+	if len(b) < off+2 {
+		return nil, malformed("truncated before the wrapped key length")
+	}
+	w := int(binary.BigEndian.Uint16(b[off:]))
+	off += 2
+	if w == 0 {
+		return nil, malformed("empty wrapped key")
+	}
+	if len(b) < off+w {
+		return nil, malformed("truncated in the wrapped key (%d of %d bytes)", len(b)-off, w)
+	}
+	ct.WrappedKey = b[off : off+w]
+	off += w
+	ct.header = b[:off]
+	if len(b) < off+nonceSize+tagSize {
+		return nil, malformed("truncated: %d bytes after the wrapped key, nonce and tag need %d", len(b)-off, nonceSize+tagSize)
+	}
+	ct.Nonce = b[off : off+nonceSize]
+	ct.Sealed = b[off+nonceSize:]
+	return ct, nil
+}
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrMalformedCiphertext}, args...)...)
+}
+
+func decodeText(b []byte) ([]byte, error) {
+	if !bytes.HasPrefix(b, []byte(TextPrefix)) {
+		if bytes.HasPrefix(b, []byte("asg:")) {
+			return nil, malformed("text prefix not supported (want %q)", TextPrefix)
+		}
+		return nil, malformed("neither a binary ciphertext nor text starting with %q", TextPrefix)
+	}
+	body := b[len(TextPrefix):]
+	out := make([]byte, base64.RawURLEncoding.DecodedLen(len(body)))
+	n, err := base64.RawURLEncoding.Strict().Decode(out, body)
+	if err != nil {
+		return nil, malformed("text form is not unpadded base64url")
+	}
+	out = out[:n]
+	if len(out) == 0 || out[0] != ctMagic {
+		return nil, malformed("text form does not hold a binary ciphertext")
+	}
+	return out, nil
+}
+
+// appendHeader appends magic, version, kind, key name and key version.
+func appendHeader(dst []byte, kind byte, name string, version int) []byte {
+	dst = append(dst, ctMagic, ctVersion1, kind, byte(len(name)))
+	dst = append(dst, name...)
+	return binary.BigEndian.AppendUint32(dst, uint32(version))
+}
+
+// fieldHeader builds bytes [0, 10+n+w) of a field ciphertext, with capacity
+// for the nonce and sealed payload that follow.
+func fieldHeader(name string, version int, wrapped []byte, payload int) ([]byte, error) {
+	if len(wrapped) == 0 || len(wrapped) > maxWrapped {
+		return nil, fmt.Errorf("%w: wrapped data key of %d bytes does not fit the format", ErrInvalidArgument, len(wrapped))
+	}
+	out := make([]byte, 0, 10+len(name)+len(wrapped)+nonceSize+payload+tagSize)
+	out = appendHeader(out, KindField, name, version)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(wrapped)))
+	return append(out, wrapped...), nil
+}
+
+// secretCiphertext builds a KindSecret ciphertext.
+func secretCiphertext(name string, version int, wrapped []byte) []byte {
+	out := make([]byte, 0, 8+len(name)+len(wrapped))
+	out = appendHeader(out, KindSecret, name, version)
+	return append(out, wrapped...)
+}
+
+// fieldAAD is the AES-GCM associated data of a field ciphertext.
+func fieldAAD(header []byte, c Context) []byte {
+	aad := make([]byte, 0, len(header)+len(c.Tenant)+len(c.Field)+4)
+	aad = append(aad, header...)
+	aad = appendLP(aad, c.Tenant)
+	return appendLP(aad, c.Field)
+}
+
+// Marshal returns the binary form (a fresh slice).
+func (c *Ciphertext) Marshal() []byte {
+	if c.Kind == KindSecret {
+		return secretCiphertext(c.KeyName, c.KeyVersion, c.WrappedKey)
+	}
+	out := appendHeader(nil, KindField, c.KeyName, c.KeyVersion)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(c.WrappedKey)))
+	out = append(out, c.WrappedKey...)
+	out = append(out, c.Nonce...)
+	return append(out, c.Sealed...)
+}
+
+// EncodeText returns the text form of a binary ciphertext ("asg:v1:" + base64url).
+// A ciphertext already in text form is returned as it is.
+func EncodeText(ciphertext []byte) string {
+	if len(ciphertext) > 0 && ciphertext[0] != ctMagic {
+		return string(ciphertext)
+	}
+	return TextPrefix + base64.RawURLEncoding.EncodeToString(ciphertext)
+}
+
+// DecodeText returns the binary form of a ciphertext given in either form,
+// after checking its structure (ParseCiphertext).
+func DecodeText(s string) ([]byte, error) {
+	ct, err := ParseCiphertext([]byte(s))
+	if err != nil {
+		return nil, err
+	}
+	return ct.Marshal(), nil
+}
