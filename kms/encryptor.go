@@ -108,13 +108,11 @@ func (e *Encryptor) encrypt(ctx context.Context, rec *KeyRecord, plaintext []byt
 	if err != nil {
 		return nil, err
 	}
-	aad := fieldAAD(out, c)
-	start := len(out)
-	out = out[:start+nonceSize]
-	if _, err := io.ReadFull(e.rand, out[start:]); err != nil {
+	nonce := out[len(out)-4-nonceSize : len(out)-4]
+	if _, err := io.ReadFull(e.rand, nonce); err != nil {
 		return nil, fmt.Errorf("kms: reading nonce: %w", err)
 	}
-	return aead.Seal(out, out[start:], plaintext, aad), nil
+	return aead.Seal(out, nonce, plaintext, fieldAAD(out, c)), nil
 }
 
 // DecryptField decrypts a field ciphertext (or a wrapped secret or data key)
@@ -202,7 +200,9 @@ func (e *Encryptor) Rewrap(ctx context.Context, keyName string, ciphertext []byt
 		if err != nil {
 			return nil, err
 		}
-		out = secretCiphertext(rec.Name, to.Version, w)
+		if out, err = secretCiphertext(rec.Name, to.Version, w); err != nil {
+			return nil, err
+		}
 	} else {
 		pt, err := e.decrypt(ctx, rec, ct, c)
 		if err != nil {
@@ -240,7 +240,12 @@ func (e *Encryptor) GenerateDataKey(ctx context.Context, keyName string, c Conte
 	if err != nil {
 		return nil, err
 	}
-	return &DataKey{Plaintext: pt, Ciphertext: secretCiphertext(rec.Name, kv.Version, wrapped), KeyName: rec.Name, KeyVersion: kv.Version}, nil
+	ct, err := secretCiphertext(rec.Name, kv.Version, wrapped)
+	if err != nil {
+		clear(pt)
+		return nil, err
+	}
+	return &DataKey{Plaintext: pt, Ciphertext: ct, KeyName: rec.Name, KeyVersion: kv.Version}, nil
 }
 
 // EncryptSecret wraps a small secret (at most MaxSecretSize bytes, e.g. a
@@ -266,7 +271,7 @@ func (e *Encryptor) EncryptSecret(ctx context.Context, keyName string, secret []
 	if err != nil {
 		return nil, err
 	}
-	return secretCiphertext(rec.Name, kv.Version, w), nil
+	return secretCiphertext(rec.Name, kv.Version, w)
 }
 
 // EncryptFields encrypts a batch under one key (one record read; items of

@@ -15,26 +15,28 @@ import (
 //	2          1     kind: 0x01 field ciphertext (envelope), 0x02 wrapped secret
 //	3          1     n = length of the key name, 1..64
 //	4          n     key name, [A-Za-z0-9_-]
-//	4+n        4     key version, uint32, >= 1
+//	4+n        4     key version, uint32, 1..2^31-1
+//	8+n        2     w = length of the wrapped key, uint16, >= 1
+//	10+n       w     wrapped key: the backend's ciphertext of the 32-byte data
+//	                 key (kind 0x01) or of the secret itself (kind 0x02)
 //
-//	kind 0x01, field ciphertext:
-//	8+n        2     w = length of the wrapped data key, uint16, >= 1
-//	10+n       w     wrapped data key (the backend's ciphertext of the 32-byte data key)
+//	kind 0x02 ends here. kind 0x01 goes on:
 //	10+n+w     12    nonce (random, 96 bits)
-//	22+n+w     >=16  AES-256-GCM ciphertext of the plaintext, followed by the 16-byte tag
+//	22+n+w     4     m = length of the sealed payload, uint32, >= 16
+//	26+n+w     m     AES-256-GCM ciphertext of the plaintext, then the 16-byte tag
 //
-//	kind 0x02, wrapped secret (data keys returned to callers, small secrets):
-//	8+n        >=1   the backend's ciphertext of the secret, to the end
+// A ciphertext must end exactly where its lengths say; a shorter one is
+// reported as truncated (ErrMalformedCiphertext) before any key is used.
 //
-// The AES-GCM associated data of a field ciphertext is
+// The AES-GCM associated data of a field ciphertext is every byte before
+// the sealed payload, followed by the caller's Context:
 //
-//	bytes [0, 10+n+w) of the ciphertext (magic .. wrapped data key)
-//	|| uvarint(len(tenant)) || tenant || uvarint(len(field)) || field
+//	bytes [0, 26+n+w)  ||  uvarint(len(tenant)) || tenant || uvarint(len(field)) || field
 //
-// so it binds the format, the key name and version, the wrapped data key,
-// and the caller's Context. The wrapped data key is itself bound by the
-// backend to Binding{Key, PurposeDataKey, Context}; a wrapped secret to
-// Binding{Key, PurposeSecret, Context}.
+// so it binds the format, kind, key name and version, the wrapped data key,
+// the nonce and the length, and the tenant and field. The wrapped key is
+// itself bound by the backend to Binding{Key, PurposeDataKey, Context}
+// (kind 0x01) or Binding{Key, PurposeSecret, Context} (kind 0x02).
 //
 // Text form: "asg:v1:" followed by the binary form in unpadded base64url
 // (RFC 4648 §5). The "v1" repeats the format version byte. Every function
@@ -50,7 +52,7 @@ const (
 	tagSize      = 16
 	dataKeySize  = 32
 	maxWrapped   = 0xFFFF
-	headerMinLen = 4 + 1 + 4
+	headerMinLen = 4 + 1 + 4 + 2 + 1
 )
 
 // Ciphertext is a parsed ciphertext. The slices alias the input.
@@ -112,13 +114,6 @@ func ParseCiphertext(in []byte) (*Ciphertext, error) {
 	}
 	off += 4
 	ct := &Ciphertext{Kind: kind, KeyName: name, KeyVersion: int(ver)}
-	if kind == KindSecret {
-		if len(b) == off {
-			return nil, malformed("truncated: no wrapped secret")
-		}
-		ct.WrappedKey = b[off:]
-		return ct, nil
-	}
 	if len(b) < off+2 {
 		return nil, malformed("truncated before the wrapped key length")
 	}
@@ -132,12 +127,29 @@ func ParseCiphertext(in []byte) (*Ciphertext, error) {
 	}
 	ct.WrappedKey = b[off : off+w]
 	off += w
-	ct.header = b[:off]
-	if len(b) < off+nonceSize+tagSize {
-		return nil, malformed("truncated: %d bytes after the wrapped key, nonce and tag need %d", len(b)-off, nonceSize+tagSize)
+	if kind == KindSecret {
+		if len(b) != off {
+			return nil, malformed("%d trailing bytes after the wrapped secret", len(b)-off)
+		}
+		return ct, nil
+	}
+	if len(b) < off+nonceSize+4 {
+		return nil, malformed("truncated in the nonce or payload length")
 	}
 	ct.Nonce = b[off : off+nonceSize]
-	ct.Sealed = b[off+nonceSize:]
+	off += nonceSize
+	m := binary.BigEndian.Uint32(b[off:])
+	off += 4
+	ct.header = b[:off]
+	if m < tagSize {
+		return nil, malformed("sealed payload length %d is shorter than the tag", m)
+	}
+	if rest := uint64(len(b) - off); rest < uint64(m) {
+		return nil, malformed("truncated in the sealed payload (%d of %d bytes)", rest, m)
+	} else if rest > uint64(m) {
+		return nil, malformed("%d trailing bytes after the sealed payload", rest-uint64(m))
+	}
+	ct.Sealed = b[off:]
 	return ct, nil
 }
 
@@ -159,36 +171,54 @@ func decodeText(b []byte) ([]byte, error) {
 		return nil, malformed("text form is not unpadded base64url")
 	}
 	out = out[:n]
-	if len(out) == 0 || out[0] != ctMagic {
+	if len(out) == 0 {
+		return nil, malformed("truncated: nothing after %q", TextPrefix)
+	}
+	if out[0] != ctMagic {
 		return nil, malformed("text form does not hold a binary ciphertext")
 	}
 	return out, nil
 }
 
-// appendHeader appends magic, version, kind, key name and key version.
-func appendHeader(dst []byte, kind byte, name string, version int) []byte {
+// appendHeader appends magic, version, kind, key name, key version, and
+// the wrapped key with its length.
+func appendHeader(dst []byte, kind byte, name string, version int, wrapped []byte) []byte {
 	dst = append(dst, ctMagic, ctVersion1, kind, byte(len(name)))
 	dst = append(dst, name...)
-	return binary.BigEndian.AppendUint32(dst, uint32(version))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(version))
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(wrapped)))
+	return append(dst, wrapped...)
 }
 
-// fieldHeader builds bytes [0, 10+n+w) of a field ciphertext, with capacity
-// for the nonce and sealed payload that follow.
-func fieldHeader(name string, version int, wrapped []byte, payload int) ([]byte, error) {
+func checkWrapped(wrapped []byte) error {
 	if len(wrapped) == 0 || len(wrapped) > maxWrapped {
-		return nil, fmt.Errorf("%w: wrapped data key of %d bytes does not fit the format", ErrInvalidArgument, len(wrapped))
+		return fmt.Errorf("%w: wrapped key of %d bytes does not fit the format", ErrInvalidArgument, len(wrapped))
 	}
-	out := make([]byte, 0, 10+len(name)+len(wrapped)+nonceSize+payload+tagSize)
-	out = appendHeader(out, KindField, name, version)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(wrapped)))
-	return append(out, wrapped...), nil
+	return nil
+}
+
+// fieldHeader builds bytes [0, 26+n+w) of a field ciphertext for a
+// plaintext of ptLen bytes (the nonce is left zero for the caller to fill),
+// with capacity for the sealed payload.
+func fieldHeader(name string, version int, wrapped []byte, ptLen int) ([]byte, error) {
+	if err := checkWrapped(wrapped); err != nil {
+		return nil, err
+	}
+	if uint64(ptLen)+tagSize > 1<<32-1 {
+		return nil, fmt.Errorf("%w: plaintext too large", ErrInvalidArgument)
+	}
+	out := make([]byte, 0, 26+len(name)+len(wrapped)+ptLen+tagSize)
+	out = appendHeader(out, KindField, name, version, wrapped)
+	out = append(out, make([]byte, nonceSize)...)
+	return binary.BigEndian.AppendUint32(out, uint32(ptLen+tagSize)), nil
 }
 
 // secretCiphertext builds a KindSecret ciphertext.
-func secretCiphertext(name string, version int, wrapped []byte) []byte {
-	out := make([]byte, 0, 8+len(name)+len(wrapped))
-	out = appendHeader(out, KindSecret, name, version)
-	return append(out, wrapped...)
+func secretCiphertext(name string, version int, wrapped []byte) ([]byte, error) {
+	if err := checkWrapped(wrapped); err != nil {
+		return nil, err
+	}
+	return appendHeader(make([]byte, 0, 10+len(name)+len(wrapped)), KindSecret, name, version, wrapped), nil
 }
 
 // fieldAAD is the AES-GCM associated data of a field ciphertext.
@@ -201,13 +231,12 @@ func fieldAAD(header []byte, c Context) []byte {
 
 // Marshal returns the binary form (a fresh slice).
 func (c *Ciphertext) Marshal() []byte {
+	out := appendHeader(nil, c.Kind, c.KeyName, c.KeyVersion, c.WrappedKey)
 	if c.Kind == KindSecret {
-		return secretCiphertext(c.KeyName, c.KeyVersion, c.WrappedKey)
+		return out
 	}
-	out := appendHeader(nil, KindField, c.KeyName, c.KeyVersion)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(c.WrappedKey)))
-	out = append(out, c.WrappedKey...)
 	out = append(out, c.Nonce...)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(c.Sealed)))
 	return append(out, c.Sealed...)
 }
 
