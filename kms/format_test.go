@@ -1,0 +1,146 @@
+package kms
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// handField builds a field ciphertext byte by byte from the layout in the
+// format's documentation, independently of the package's builders.
+func handField(name string, version uint32, wrapped, nonce, sealed []byte) []byte {
+	var b []byte
+	b = append(b, 0xA5, 0x01, 0x01, byte(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint32(b, version)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(wrapped)))
+	b = append(b, wrapped...)
+	b = append(b, nonce...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(sealed)))
+	return append(b, sealed...)
+}
+
+func TestCiphertextLayout(t *testing.T) {
+	wrapped := []byte("wrapped-data-key")
+	nonce := bytes.Repeat([]byte{7}, 12)
+	sealed := bytes.Repeat([]byte{9}, 21)
+	raw := handField("pii", 3, wrapped, nonce, sealed)
+	ct, err := ParseCiphertext(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct.Kind != KindField || ct.KeyName != "pii" || ct.KeyVersion != 3 || !bytes.Equal(ct.WrappedKey, wrapped) || !bytes.Equal(ct.Nonce, nonce) || !bytes.Equal(ct.Sealed, sealed) {
+		t.Fatalf("parsed %+v", ct)
+	}
+	if want := raw[:len(raw)-len(sealed)]; !bytes.Equal(ct.header, want) {
+		t.Fatal("associated-data prefix is not every byte before the sealed payload")
+	}
+	if !bytes.Equal(ct.Marshal(), raw) {
+		t.Fatal("Marshal differs from the documented layout")
+	}
+	text := EncodeText(raw)
+	if text != "asg:v1:"+base64.RawURLEncoding.EncodeToString(raw) {
+		t.Fatalf("text form %q", text)
+	}
+	if back, err := DecodeText(text); err != nil || !bytes.Equal(back, raw) {
+		t.Fatalf("DecodeText: %v", err)
+	}
+	// What EncryptField builds follows the same layout.
+	hdr, err := fieldHeader("pii", 3, wrapped, len(sealed)-tagSize)
+	if err != nil || !bytes.Equal(hdr, handField("pii", 3, wrapped, make([]byte, 12), sealed)[:len(hdr)]) {
+		t.Fatalf("fieldHeader: %v", err)
+	}
+
+	secret := []byte{0xA5, 0x01, 0x02, 0x01, 'k', 0, 0, 0, 1, 0, 3, 'a', 'b', 'c'}
+	st, err := ParseCiphertext(secret)
+	if err != nil || st.Kind != KindSecret || st.KeyName != "k" || st.KeyVersion != 1 || string(st.WrappedKey) != "abc" {
+		t.Fatalf("secret: %+v %v", st, err)
+	}
+	if built, _ := secretCiphertext("k", 1, []byte("abc")); !bytes.Equal(built, secret) {
+		t.Fatal("secretCiphertext differs from the documented layout")
+	}
+}
+
+func TestParseCiphertextRejects(t *testing.T) {
+	good := handField("pii", 1, []byte("w"), make([]byte, 12), make([]byte, 16))
+	mod := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
+	cases := map[string]struct {
+		in   []byte
+		want string
+	}{
+		"empty":              {nil, "truncated"},
+		"bad magic":          {mod(func(b []byte) []byte { b[0] = 0xA4; return b }), "neither a binary ciphertext"},
+		"future version":     {mod(func(b []byte) []byte { b[1] = 2; return b }), "format version 2"},
+		"unknown kind":       {mod(func(b []byte) []byte { b[2] = 9; return b }), "unknown kind"},
+		"zero name length":   {mod(func(b []byte) []byte { b[3] = 0; return b }), "key name length 0"},
+		"long name length":   {mod(func(b []byte) []byte { b[3] = 65; return b }), "key name length 65"},
+		"bad name character": {mod(func(b []byte) []byte { b[5] = '/'; return b }), "characters outside"},
+		"version zero":       {mod(func(b []byte) []byte { copy(b[7:], []byte{0, 0, 0, 0}); return b }), "key version 0"},
+		"version too big":    {mod(func(b []byte) []byte { copy(b[7:], []byte{0x80, 0, 0, 0}); return b }), "out of range"},
+		"empty wrapped":      {handField("pii", 1, nil, make([]byte, 12), make([]byte, 16)), "empty wrapped key"},
+		"short sealed":       {handField("pii", 1, []byte("w"), make([]byte, 12), make([]byte, 15)), "shorter than the tag"},
+		"trailing bytes":     {append(bytes.Clone(good), 0), "1 trailing bytes"},
+		"secret trailing":    {[]byte{0xA5, 1, 2, 1, 'k', 0, 0, 0, 1, 0, 1, 'a', 'b'}, "trailing bytes"},
+		"text bad base64":    {[]byte("asg:v1:!!!!"), "base64url"},
+		"text padded":        {[]byte("asg:v1:" + base64.URLEncoding.EncodeToString(good)), "base64url"},
+		"text other version": {[]byte("asg:v2:AAAA"), "text prefix not supported"},
+		"text of text":       {[]byte("asg:v1:" + base64.RawURLEncoding.EncodeToString([]byte("asg:v1:x"))), "does not hold a binary"},
+		"vault ciphertext":   {[]byte("vault:v1:abcd"), "neither a binary ciphertext"},
+	}
+	for name, c := range cases {
+		_, err := ParseCiphertext(c.in)
+		if !errors.Is(err, ErrMalformedCiphertext) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want ErrMalformedCiphertext containing %q", name, err, c.want)
+		}
+	}
+}
+
+// FuzzParseCiphertext: the parser never panics, and what it accepts is
+// canonical: re-encoding gives back the input (binary), or the binary form
+// of the input (text), and satisfies every documented constraint.
+func FuzzParseCiphertext(f *testing.F) {
+	field := handField("pii", 2, []byte("vault:v2:abc="), bytes.Repeat([]byte{1}, 12), bytes.Repeat([]byte{2}, 40))
+	secret, _ := secretCiphertext("signing-keys", 7, bytes.Repeat([]byte{3}, 60))
+	for _, seed := range [][]byte{field, secret, []byte(EncodeText(field)), []byte(EncodeText(secret)), nil, {0xA5}, []byte("asg:v1:"), field[:20]} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ct, err := ParseCiphertext(in)
+		if err != nil {
+			if !errors.Is(err, ErrMalformedCiphertext) {
+				t.Fatalf("error not ErrMalformedCiphertext: %v", err)
+			}
+			return
+		}
+		if ValidateKeyName(ct.KeyName) != nil || ct.KeyVersion < 1 || len(ct.WrappedKey) == 0 || len(ct.WrappedKey) > maxWrapped {
+			t.Fatalf("accepted out-of-spec ciphertext %+v", ct)
+		}
+		switch ct.Kind {
+		case KindField:
+			if len(ct.Nonce) != nonceSize || len(ct.Sealed) < tagSize {
+				t.Fatalf("field ciphertext with nonce %d, sealed %d", len(ct.Nonce), len(ct.Sealed))
+			}
+		case KindSecret:
+			if ct.Nonce != nil || ct.Sealed != nil {
+				t.Fatal("secret with a payload")
+			}
+		default:
+			t.Fatalf("kind %d accepted", ct.Kind)
+		}
+		bin := ct.Marshal()
+		if len(in) > 0 && in[0] == ctMagic {
+			if !bytes.Equal(bin, in) {
+				t.Fatal("binary ciphertext is not canonical")
+			}
+		} else if EncodeText(bin) != string(in) {
+			t.Fatal("text ciphertext is not canonical")
+		}
+		again, err := ParseCiphertext(bin)
+		if err != nil || again.KeyName != ct.KeyName || again.KeyVersion != ct.KeyVersion || !bytes.Equal(again.WrappedKey, ct.WrappedKey) {
+			t.Fatalf("re-parse: %v", err)
+		}
+	})
+}
