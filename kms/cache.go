@@ -112,19 +112,24 @@ func newDEKCache(cfg CacheConfig, now func() time.Time) *dekCache {
 }
 
 // take returns a live entry's AEAD (and wrapped key) and counts one use.
-func (c *dekCache) take(k cacheKey) (cipher.AEAD, []byte, bool) {
+// countMiss says whether a miss is counted (a re-check is not a new miss).
+func (c *dekCache) take(k cacheKey, countMiss bool) (cipher.AEAD, []byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.items[k]
 	if !ok {
-		c.stats.Misses++
+		if countMiss {
+			c.stats.Misses++
+		}
 		return nil, nil, false
 	}
 	e := el.Value.(*cacheEntry)
 	if !c.now().Before(e.expires) {
 		c.remove(el)
 		c.stats.Expired++
-		c.stats.Misses++
+		if countMiss {
+			c.stats.Misses++
+		}
 		return nil, nil, false
 	}
 	e.usesLeft--

@@ -345,7 +345,9 @@ type sharedKey struct {
 
 // cached runs newKey through the cache: a live entry serves the call; on a
 // miss one caller (per cache key) makes the key and caches it while
-// concurrent callers wait and then take their uses from the new entry.
+// concurrent callers wait and then take their uses from the new entry. The
+// caller that makes the key re-checks the cache first, so one that missed
+// just before another's key landed does not make a second one.
 func (e *Encryptor) cached(ctx context.Context, k cacheKey, newKey func() (sharedKey, error)) (sharedKey, error) {
 	mk := func() (sharedKey, error) {
 		e.cache.countBackendCall()
@@ -355,12 +357,15 @@ func (e *Encryptor) cached(ctx context.Context, k cacheKey, newKey func() (share
 		return mk()
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		if a, w, ok := e.cache.take(k); ok {
+		if a, w, ok := e.cache.take(k, true); ok {
 			return sharedKey{a, w}, nil
 		}
 		leader := false
 		v, err, _ := e.flight.Do(k.flightID(), func() (any, error) {
 			leader = true
+			if a, w, ok := e.cache.take(k, false); ok {
+				return sharedKey{a, w}, nil
+			}
 			sk, err := mk()
 			if err != nil {
 				return nil, err

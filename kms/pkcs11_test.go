@@ -255,3 +255,7 @@ func TestPKCS11RegistryAndSessionLimit(t *testing.T) {
 		t.Fatalf("%d sessions open, limit 2", open)
 	}
 }
+
+func BenchmarkPKCS11SoftHSM(b *testing.B) {
+	benchBackend(b, newTestPKCS11(b, nil))
+}
