@@ -121,8 +121,12 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) conformanceBacke
 				{Tenant: "acmeemail", Field: ""},
 				{Tenant: "acm", Field: "eemail"},
 			} {
-				if pt, err := e.enc.DecryptField(ctx, e.key, ct, wrong); !errors.Is(err, ErrDecrypt) {
+				pt, err := e.enc.DecryptField(ctx, e.key, ct, wrong)
+				if !errors.Is(err, ErrDecrypt) {
 					t.Fatalf("context %+v: got %q, %v; want ErrDecrypt", wrong, pt, err)
+				}
+				if strings.Contains(err.Error(), "ann@acme.test") {
+					t.Fatalf("error shows the plaintext: %v", err)
 				}
 			}
 			sct, err := e.enc.EncryptSecret(ctx, e.key, []byte("s3cret"), acmeEmail)
