@@ -100,6 +100,13 @@ func NewGossip(cfg GossipConfig) (*Gossip, error) {
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		// Bound to every interface: let memberlist advertise this host's
+		// private address. Advertising 0.0.0.0 made joining peers dial
+		// themselves, so gossip (and with it leader forwarding and promotion)
+		// never formed in containers (found by test/faults).
+		mc.AdvertiseAddr = ""
+	}
 	if cfg.Advertise != "" {
 		if mc.AdvertiseAddr, mc.AdvertisePort, err = splitHostPort(cfg.Advertise); err != nil {
 			return nil, fmt.Errorf("gossip advertise address: %w", err)
