@@ -203,6 +203,11 @@ func (s *Server) authenticate(r *http.Request) (fsm.Principal, error) {
 	if op != nil && subtle.ConstantTimeCompare([]byte(HashOperatorToken(tok)), []byte(op.Hash)) == 1 {
 		return fsm.Principal{Kind: fsm.PrincipalOperator, ID: op.ID, Name: "operator", Role: "operator"}, nil
 	}
+	if !s.node.CaughtUp() {
+		// This server is still rebuilding its state (it just restarted): the
+		// credential may simply not be there yet. Never say "invalid" then.
+		return fsm.Principal{}, apiErr(http.StatusServiceUnavailable, CodeUnavailable, "this server is catching up with the cluster; retry shortly")
+	}
 	return fsm.Principal{}, apiErr(http.StatusUnauthorized, CodeUnauthenticated, "invalid credential")
 }
 

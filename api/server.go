@@ -33,6 +33,9 @@ type Node interface {
 	Term() uint64
 	LastContact() time.Time
 	VerifyRead(ctx context.Context) error
+	// CaughtUp reports whether the local state has caught up with the
+	// cluster since the process started.
+	CaughtUp() bool
 	Servers() ([]cluster.Server, error)
 	AddNonvoter(id, addr string) error
 	RemoveServer(id string) error

@@ -10,10 +10,12 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -136,6 +138,8 @@ type Node struct {
 	shutdown     sync.Once
 	leaderChange chan struct{} // closed and replaced on every observed leader change
 	lcMu         sync.Mutex
+	caughtUp     atomic.Bool // the FSM has once applied everything committed since this process started
+	gossipJoin   atomic.Bool // a gossip rejoin is in flight
 }
 
 // New opens (or creates) the node's raft state under cfg.DataDir and starts raft.
@@ -229,7 +233,120 @@ func New(cfg Config, f *fsm.FSM) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.watchLeadership()
+	n.wg.Add(1)
+	go n.watchCatchUp()
+	if n.gossip != nil {
+		n.wg.Add(1)
+		go n.rememberGossipPeers(filepath.Join(cfg.DataDir, "gossip-peers.json"))
+	}
 	return n, nil
+}
+
+// watchCatchUp sets caughtUp once a leader is known and the FSM has applied
+// everything committed. Until then the local state is behind the node's own
+// log (a restarted server rebuilds it from its snapshot and log), and the API
+// must not turn a credential away because it is not there yet (found by
+// test/faults: valid operator tokens got 401 from restarted servers).
+func (n *Node) watchCatchUp() {
+	defer n.wg.Done()
+	for {
+		if id, _ := n.Leader(); id != "" {
+			if commit := n.raft.CommitIndex(); commit > 0 && n.fsm.AppliedIndex() >= n.lastFSMEntry(commit) {
+				n.caughtUp.Store(true)
+				return
+			}
+		}
+		select {
+		case <-n.closing:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// CaughtUp reports whether the state machine has caught up with the cluster
+// at least once since this process started.
+func (n *Node) CaughtUp() bool { return n.caughtUp.Load() }
+
+// lastFSMEntry returns the index of the newest entry at or below idx that the
+// FSM applies (a command or a configuration change). Raft keeps its no-op and
+// barrier entries from the FSM, so the FSM's applied index stops short of a
+// commit index that ends with them; waiting for idx itself would hang until
+// the next write (found by test/faults: linearizable reads after an idle
+// failover timed out). Entries already compacted away are in the snapshot
+// the FSM was restored from.
+func (n *Node) lastFSMEntry(idx uint64) uint64 {
+	first, err := n.store.FirstIndex()
+	if err != nil {
+		return idx
+	}
+	for i := idx; i > 0 && i >= first; i-- {
+		var l raft.Log
+		if err := n.store.GetLog(i, &l); err != nil {
+			return i
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return i
+		}
+	}
+	return 0
+}
+
+// rememberGossipPeers keeps the gossip address of every raft peer in the data
+// dir and rejoins a peer that is missing from gossip. Without it, a server
+// restarted without -join (the bootstrap server), or a whole cluster
+// restarted at once, could keep a partial gossip view for good — and a
+// leader missing from it leaves followers unable to forward writes and
+// non-voters unpromoted (found by test/faults: "kill leader", "restart all").
+func (n *Node) rememberGossipPeers(path string) {
+	defer n.wg.Done()
+	peers := map[string]string{} // raft server id → gossip address
+	if b, err := os.ReadFile(path); err == nil {
+		_ = json.Unmarshal(b, &peers)
+	}
+	for {
+		cf := n.raft.GetConfiguration()
+		if cf.Error() == nil && len(cf.Configuration().Servers) > 0 {
+			inRaft := map[string]bool{}
+			for _, s := range cf.Configuration().Servers {
+				inRaft[string(s.ID)] = true
+			}
+			old := maps.Clone(peers)
+			alive := map[string]bool{}
+			for _, m := range n.gossip.Members() {
+				if m.Meta.Role == "server" && m.Name != n.cfg.NodeID && inRaft[m.Name] {
+					alive[m.Name] = true
+					peers[m.Name] = m.Addr
+				}
+			}
+			var missing []string
+			for id := range peers {
+				if !inRaft[id] {
+					delete(peers, id)
+				} else if !alive[id] {
+					missing = append(missing, peers[id])
+				}
+			}
+			if len(missing) > 0 && n.gossipJoin.CompareAndSwap(false, true) {
+				go func() { // memberlist's join can wait seconds for a dead address
+					defer n.gossipJoin.Store(false)
+					_, _ = n.gossip.Join(missing)
+				}()
+			}
+			if !maps.Equal(old, peers) {
+				if b, err := json.Marshal(peers); err == nil {
+					if err := os.WriteFile(path+".tmp", b, 0o600); err == nil {
+						_ = os.Rename(path+".tmp", path)
+					}
+				}
+			}
+		}
+		select {
+		case <-n.closing:
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 func (n *Node) closeStores() {
@@ -565,7 +682,7 @@ func (n *Node) VerifyRead(ctx context.Context) error {
 	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return translate(err)
 	}
-	return n.WaitForApplied(ctx, idx)
+	return n.WaitForApplied(ctx, n.lastFSMEntry(idx))
 }
 
 // Barrier waits until every entry before it is applied on this (leader) node.
