@@ -93,6 +93,7 @@ func startLocalKMS(bin string) (string, error) {
 		return "", err
 	}
 	cmd.Stderr = cmd.Stdout
+	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}
