@@ -157,8 +157,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	var changes []Change
 	last := logs[len(logs)-1].Index
-	f.mu.RLock()
-	err := f.db.Update(func(tx *bolt.Tx) error {
+	err := f.update(func(tx *bolt.Tx) error {
 		for i, l := range logs {
 			if l.Type != raft.LogCommand {
 				continue
@@ -169,7 +168,6 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 		return tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last))
 	})
-	f.mu.RUnlock()
 	if err != nil {
 		// The store failed under us (disk full, I/O error). Replicas must not
 		// diverge, so stop here; the state is rebuilt from raft on restart.
@@ -180,6 +178,16 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		f.opts.OnApply(last, changes)
 	}
 	return out
+}
+
+// update runs fn in a write transaction under the read lock that keeps
+// Restore from swapping the store. The lock is released even when fn panics
+// (a corrupt entry): bolt rolls the transaction back, and a later Close or
+// Restore must not wait forever on the lock.
+func (f *FSM) update(fn func(tx *bolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.Update(fn)
 }
 
 func (f *FSM) applyOne(w *wtx, l *raft.Log) *Result {
