@@ -30,8 +30,10 @@ const (
 	recBucket = 'B'
 	recKV     = 'K'
 	recEnd    = 'E'
-	// maxRecord bounds one key or value read from a snapshot stream, so a hostile
-	// upload cannot make us allocate without limit.
+	// maxRecord bounds one value read from a snapshot stream, so a hostile
+	// upload cannot make us allocate without limit. Bucket names and keys are
+	// bounded by bolt.MaxKeySize: a stream that validates must also restore,
+	// because raft panics when a user restore fails after it was accepted.
 	maxRecord = 64 << 20
 )
 
@@ -115,12 +117,13 @@ func (s *snapReader) byte() (byte, error) {
 	return c, err
 }
 
-func (s *snapReader) field() ([]byte, error) {
+// field reads one length-prefixed field of at most max bytes.
+func (s *snapReader) field(max uint64) ([]byte, error) {
 	n, err := binary.ReadUvarint(byteReaderFunc(s.byte))
 	if err != nil {
 		return nil, err
 	}
-	if n > maxRecord {
+	if n > max {
 		return nil, fmt.Errorf("%w: record of %d bytes", ErrBadSnapshot, n)
 	}
 	b := make([]byte, n)
@@ -161,7 +164,7 @@ func readSnapshot(r io.Reader, bucket func(name []byte) error, kv func(k, v []by
 			return nil
 		case recBucket:
 			sr.h.Write([]byte{tag})
-			name, err := sr.field()
+			name, err := sr.field(bolt.MaxKeySize)
 			if err != nil || len(name) == 0 {
 				return fmt.Errorf("%w: bad bucket record", ErrBadSnapshot)
 			}
@@ -176,11 +179,11 @@ func readSnapshot(r io.Reader, bucket func(name []byte) error, kv func(k, v []by
 			if !inBucket {
 				return fmt.Errorf("%w: entry outside a bucket", ErrBadSnapshot)
 			}
-			k, err := sr.field()
+			k, err := sr.field(bolt.MaxKeySize)
 			if err != nil || len(k) == 0 {
 				return fmt.Errorf("%w: bad key record", ErrBadSnapshot)
 			}
-			v, err := sr.field()
+			v, err := sr.field(maxRecord)
 			if err != nil {
 				return fmt.Errorf("%w: bad value record", ErrBadSnapshot)
 			}
