@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -297,6 +298,9 @@ func (r *Reader) Audit(q AuditQuery) ([]*AuditEntry, uint64) {
 	if q.Limit <= 0 || q.Limit > 1000 {
 		q.Limit = 100
 	}
+	if q.After == math.MaxUint64 { // After+1 would wrap to the start of the log
+		return nil, 0
+	}
 	c := r.tx.Bucket(bAudit).Cursor()
 	prefix := tprefix(q.Tenant)
 	var out []*AuditEntry
@@ -376,6 +380,9 @@ func (r *Reader) VerifyAudit(tenant string) ChainReport {
 		}
 		if len(k) != len(prefix)+8 || be64(k[len(prefix):]) != want || e.Seq != want {
 			return fail(want, fmt.Sprintf("expected entry %d, found %d (entry missing or inserted)", want, e.Seq))
+		}
+		if want > head.Seq {
+			return fail(want, "entry beyond the chain head (inserted)")
 		}
 		if want != head.FirstSeq && e.PrevHash != prev {
 			return fail(want, "entry does not link to its predecessor")

@@ -277,6 +277,9 @@ func (r *Reader) Tenant(id string) (*Tenant, bool) {
 // Tenants lists tenants in id order after the cursor (exclusive), at most limit.
 // It returns the cursor for the next page, or "" at the end.
 func (r *Reader) Tenants(after string, limit int) ([]*Tenant, string) {
+	if limit <= 0 {
+		limit = 100
+	}
 	c := r.tx.Bucket(bTenants).Cursor()
 	var out []*Tenant
 	k, v := c.First()
