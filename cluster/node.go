@@ -298,12 +298,20 @@ func (n *Node) lastFSMEntry(idx uint64) uint64 {
 // restarted at once, could keep a partial gossip view for good — and a
 // leader missing from it leaves followers unable to forward writes and
 // non-voters unpromoted (found by test/faults: "kill leader", "restart all").
+//
+// It looks every 200 ms, so that a peer is on record almost as soon as it is
+// both in the raft configuration and alive in gossip; rejoins are attempted
+// at most every 2 s. With a 2 s look, a bootstrap server killed within 2 s of
+// its peers joining had no peer on record and neither had they of it, and
+// gossip never re-formed after its restart (found by test/: followers could
+// not forward writes to it once it led again).
 func (n *Node) rememberGossipPeers(path string) {
 	defer n.wg.Done()
 	peers := map[string]string{} // raft server id → gossip address
 	if b, err := os.ReadFile(path); err == nil {
 		_ = json.Unmarshal(b, &peers)
 	}
+	var lastJoin time.Time
 	for {
 		cf := n.raft.GetConfiguration()
 		if cf.Error() == nil && len(cf.Configuration().Servers) > 0 {
@@ -327,7 +335,8 @@ func (n *Node) rememberGossipPeers(path string) {
 					missing = append(missing, peers[id])
 				}
 			}
-			if len(missing) > 0 && n.gossipJoin.CompareAndSwap(false, true) {
+			if len(missing) > 0 && time.Since(lastJoin) >= 2*time.Second && n.gossipJoin.CompareAndSwap(false, true) {
+				lastJoin = time.Now()
 				go func() { // memberlist's join can wait seconds for a dead address
 					defer n.gossipJoin.Store(false)
 					_, _ = n.gossip.Join(missing)
@@ -344,7 +353,7 @@ func (n *Node) rememberGossipPeers(path string) {
 		select {
 		case <-n.closing:
 			return
-		case <-time.After(2 * time.Second):
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
@@ -777,17 +786,77 @@ func (n *Node) openLatestSnapshot() (io.ReadCloser, uint64, error) {
 
 // Restore replaces the cluster's state with a snapshot stream (backup
 // restore). The caller validates the stream first (fsm.ValidateSnapshot).
+//
+// The snapshot carries the source cluster's applied index, which the state
+// machine takes over. Raft's own index must move past it, or the state's
+// index would run backwards once writes resume (the next entry would commit
+// below it): X-Raft-Index went down, WaitForApplied returned before entries
+// were applied (linearizable reads answered early), and the edges' watch
+// stream dropped every change up to the old index as already seen (found by
+// test/: a backup restored into a fresh cluster). So the stream is first
+// loaded into a scratch state machine to learn its index, raft restores it
+// above that index, and a state-machine no-op then aligns the state's index
+// with raft's on every server.
 func (n *Node) Restore(r io.Reader, size int64) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
-	if err := n.raft.Restore(meta, r, 5*time.Minute); err != nil {
+	rs, ok := r.(io.ReadSeeker)
+	if !ok {
+		tmp, err := os.CreateTemp(n.cfg.DataDir, "restore-*.snap")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		if size, err = io.Copy(tmp, r); err != nil {
+			return err
+		}
+		rs = tmp
+	}
+	start, err := rs.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
+	idx, err := n.snapshotIndex(io.LimitReader(rs, size))
+	if err != nil {
+		return fmt.Errorf("read snapshot: %w", err)
+	}
+	if _, err := rs.Seek(start, io.SeekStart); err != nil {
+		return err
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size, Index: idx}
+	if err := n.raft.Restore(meta, rs, 5*time.Minute); err != nil {
 		return translate(err)
 	}
-	// The restored state carries the old cluster's applied index; a barrier
-	// moves the FSM's index past the restore so index waiters see progress.
-	return translate(n.raft.Barrier(n.cfg.ApplyTimeout).Error())
+	c, err := fsm.NewCommand(fsm.CmdNoop, fsm.Header{Time: time.Now().UnixNano(),
+		Principal: fsm.Principal{Kind: fsm.PrincipalSystem, ID: n.cfg.NodeID, Name: "restore"}}, nil)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+	defer cancel()
+	_, err = n.Apply(ctx, c)
+	return err
+}
+
+// snapshotIndex loads a snapshot stream into a scratch state machine under
+// the data dir and returns the applied index it carries.
+func (n *Node) snapshotIndex(r io.Reader) (uint64, error) {
+	dir, err := os.MkdirTemp(n.cfg.DataDir, "restore-probe-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	f, err := fsm.Open(dir, fsm.Options{Logger: n.log.With("component", "restore-probe")})
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if err := f.Restore(io.NopCloser(r)); err != nil {
+		return 0, err
+	}
+	return f.AppliedIndex(), nil
 }
 
 // Shutdown stops gossip (announcing departure), raft and the stores.
