@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/allsource/guard/auth"
@@ -103,7 +102,7 @@ func genCommand(c chooser, i uint64) (CommandType, Principal, any) {
 
 // genLogs draws n raft log entries (indexes 1..n): mostly commands, some raft
 // no-ops and unknown ignorable commands.
-func genLogs(t testing.TB, c chooser, n int) []*raft.Log {
+func genLogs(t fataler, c chooser, n int) []*raft.Log {
 	t.Helper()
 	logs := make([]*raft.Log, 0, n)
 	for i := uint64(1); i <= uint64(n); i++ {
@@ -116,7 +115,7 @@ func genLogs(t testing.TB, c chooser, n int) []*raft.Log {
 			h.Principal = opP
 			b, err := Command{Type: lastCommandType() + 7, Flags: FlagIgnorable, Header: h, Payload: []byte(`{"x":1}`)}.Encode()
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("encode: %v", err)
 			}
 			logs = append(logs, cmdLog(i, b))
 			continue

@@ -45,8 +45,14 @@ func newFSM(t testing.TB) *FSM {
 	return f
 }
 
+// fataler is the part of testing.TB (and rapid.T) the helpers need.
+type fataler interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
 // mustEncode builds and encodes a command, failing the test on error.
-func mustEncode(t testing.TB, typ CommandType, h Header, payload any) []byte {
+func mustEncode(t fataler, typ CommandType, h Header, payload any) []byte {
 	t.Helper()
 	c, err := NewCommand(typ, h, payload)
 	if err != nil {
