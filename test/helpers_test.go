@@ -288,6 +288,3 @@ func voters(ms []member) (v, total int) {
 	}
 	return v, len(ms)
 }
-
-// cleanupBinary removes the binary the process tests built (see TestMain).
-func cleanupBinary() {}
