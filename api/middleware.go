@@ -130,6 +130,10 @@ func decodeJSON(r *http.Request, v any) error {
 	}
 	var extra json.RawMessage
 	if err := dec.Decode(&extra); err != io.EOF {
+		// A valid body padded past the limit is still too large.
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return apiErr(http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", mbe.Limit))
+		}
 		return apiErr(http.StatusBadRequest, CodeInvalidArgument, "unexpected data after the JSON body")
 	}
 	return nil

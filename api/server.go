@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/allsource/guard/cluster"
@@ -113,7 +115,44 @@ func New(cfg Config, node Node, f *fsm.FSM) *Server {
 }
 
 // Handler returns the HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+// serveHTTP refuses a non-canonical path ("/a/../b", "/a/./b", "//a") with the
+// JSON error shape before routing: ServeMux would answer it with a redirect to
+// the cleaned path (an HTML body, and for 307 the same method and body sent to
+// what may be another resource).
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if p := r.URL.EscapedPath(); strings.HasPrefix(p, "/") && p != cleanPath(p) {
+		s.wrap("noncanonical", func(w http.ResponseWriter, r *http.Request) {
+			s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, "the path is not canonical ('.', '..' or empty segments)"))
+		})(w, r)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// cleanPath is ServeMux's notion of a canonical path: path.Clean, keeping a
+// trailing slash.
+func cleanPath(p string) string {
+	np := path.Clean(p)
+	if strings.HasSuffix(p, "/") && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+// allowedMethods lists the methods that have a route for r's path. ServeMux
+// never answers 405 itself here: the catch-all route matches every method.
+func (s *Server) allowedMethods(r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := s.mux.Handler(probe); pattern != "" && pattern != "/" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
 
 // Registry is the server's Prometheus registry (other components add to it).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
@@ -151,6 +190,11 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("PUT /v1/cluster/snapshot", s.wrapLimit("PUT /v1/cluster/snapshot", s.cfg.MaxSnapshotBytes, s.write(s.restoreSnapshot)))
 
 	s.mux.HandleFunc("/", s.wrap("unmatched", func(w http.ResponseWriter, r *http.Request) {
+		if allow := s.allowedMethods(r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			s.writeError(w, r, apiErr(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method "+r.Method+" is not allowed on this endpoint"))
+			return
+		}
 		s.writeError(w, r, apiErr(http.StatusNotFound, CodeNotFound, "no such endpoint"))
 	}))
 }

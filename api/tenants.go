@@ -58,6 +58,9 @@ func (s *Server) createTenant(w http.ResponseWriter, r *http.Request, p fsm.Prin
 
 func (s *Server) listTenants(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
 	limit, err := queryLimit(r, 100, 1000)
+	if c := r.URL.Query().Get("cursor"); err == nil && c != "" && fsm.ValidTenantID(c) != nil {
+		err = apiErr(http.StatusBadRequest, CodeInvalidArgument, "cursor is not valid")
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -238,7 +241,10 @@ func (s *Server) putRateLimit(w http.ResponseWriter, r *http.Request, p fsm.Prin
 	}
 	cmd := &fsm.SetRateLimitCmd{Tenant: t, Tier: req.Tier, RequestsPerMinute: req.RequestsPerMinute, Burst: req.Burst,
 		RouteCosts: req.RouteCosts, MinRequestsPerMinute: req.MinRequestsPerMinute, MaxRequestsPerMinute: req.MaxRequestsPerMinute}
-	if e := cmd.Validate(); e != nil {
+	// Validate a copy: Validate resolves a tier into figures, and Apply, which
+	// validates again, refuses a tier given together with figures.
+	check := *cmd
+	if e := check.Validate(); e != nil {
 		s.writeError(w, r, e)
 		return
 	}
