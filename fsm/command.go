@@ -24,6 +24,29 @@ const (
 	CmdAppendAudit
 	CmdAuditRetention
 	CmdSetSecret
+	CmdCreateUser
+	CmdUpdateUser
+	CmdDeleteUser
+	CmdSetPassword
+	CmdLogin
+	CmdLoginFailures
+	CmdRefresh
+	CmdLogout
+	CmdCreateAPIKey
+	CmdRevokeAPIKey
+	CmdTouchAPIKeys
+	CmdAddIPRule
+	CmdRemoveIPRule
+	CmdAddSigningKey
+	CmdSetSigningKeyState
+	CmdPruneExpired
+	CmdRecordAnomalies
+	CmdUndoAnomaly
+	CmdSetThreatPolicy
+	CmdMFAEnroll
+	CmdMFAActivate
+	CmdMFADisable
+	CmdMFAUseRecovery
 	// Append new command types here, never above.
 )
 
@@ -33,6 +56,15 @@ var cmdNames = [...]string{
 	CmdSetTenantStatus: "set_tenant_status", CmdDeleteTenant: "delete_tenant",
 	CmdSetRateLimit: "set_rate_limit", CmdAppendAudit: "append_audit",
 	CmdAuditRetention: "audit_retention", CmdSetSecret: "set_secret",
+	CmdCreateUser: "create_user", CmdUpdateUser: "update_user", CmdDeleteUser: "delete_user",
+	CmdSetPassword: "set_password", CmdLogin: "login", CmdLoginFailures: "login_failures",
+	CmdRefresh: "refresh", CmdLogout: "logout", CmdCreateAPIKey: "create_api_key",
+	CmdRevokeAPIKey: "revoke_api_key", CmdTouchAPIKeys: "touch_api_keys", CmdAddIPRule: "add_ip_rule",
+	CmdRemoveIPRule: "remove_ip_rule", CmdAddSigningKey: "add_signing_key",
+	CmdSetSigningKeyState: "set_signing_key_state", CmdPruneExpired: "prune_expired",
+	CmdRecordAnomalies: "record_anomalies", CmdUndoAnomaly: "undo_anomaly", CmdSetThreatPolicy: "set_threat_policy",
+	CmdMFAEnroll: "mfa_enroll", CmdMFAActivate: "mfa_activate", CmdMFADisable: "mfa_disable",
+	CmdMFAUseRecovery: "mfa_use_recovery",
 }
 
 func (t CommandType) String() string {

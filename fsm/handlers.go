@@ -26,6 +26,52 @@ func handlers(t CommandType) (handler, bool) {
 		return applyAuditRetention, true
 	case CmdSetSecret:
 		return applySetSecret, true
+	case CmdCreateUser:
+		return applyCreateUser, true
+	case CmdUpdateUser:
+		return applyUpdateUser, true
+	case CmdDeleteUser:
+		return applyDeleteUser, true
+	case CmdSetPassword:
+		return applySetPassword, true
+	case CmdLogin:
+		return applyLogin, true
+	case CmdLoginFailures:
+		return applyLoginFailures, true
+	case CmdRefresh:
+		return applyRefresh, true
+	case CmdLogout:
+		return applyLogout, true
+	case CmdCreateAPIKey:
+		return applyCreateAPIKey, true
+	case CmdRevokeAPIKey:
+		return applyRevokeAPIKey, true
+	case CmdTouchAPIKeys:
+		return applyTouchAPIKeys, true
+	case CmdAddIPRule:
+		return applyAddIPRule, true
+	case CmdRemoveIPRule:
+		return applyRemoveIPRule, true
+	case CmdAddSigningKey:
+		return applyAddSigningKey, true
+	case CmdSetSigningKeyState:
+		return applySetSigningKeyState, true
+	case CmdPruneExpired:
+		return applyPruneExpired, true
+	case CmdRecordAnomalies:
+		return applyRecordAnomalies, true
+	case CmdUndoAnomaly:
+		return applyUndoAnomaly, true
+	case CmdSetThreatPolicy:
+		return applySetThreatPolicy, true
+	case CmdMFAEnroll:
+		return applyMFAEnroll, true
+	case CmdMFAActivate:
+		return applyMFAActivate, true
+	case CmdMFADisable:
+		return applyMFADisable, true
+	case CmdMFAUseRecovery:
+		return applyMFAUseRecovery, true
 	}
 	return nil, false
 }

@@ -390,6 +390,12 @@ func handlerCases() map[CommandType][]step {
 		{name: "control character in name", by: opP, payload: secret("a\tb", "x", false), want: CodeInvalidArgument},
 		{name: "tenant admin", by: acmeAdmin, payload: secret("pepper", "evil", true), want: CodeForbidden},
 	}
+	for c, steps := range identityHandlerCases() { // identity_test.go
+		cases[c] = steps
+	}
+	for c, steps := range threatHandlerCases() { // anomalies_test.go
+		cases[c] = steps
+	}
 	return cases
 }
 
