@@ -56,6 +56,8 @@ type Config struct {
 	OnOperatorToken func(string)
 	QuietToken      bool
 	FastGossip      bool
+	// Threat configures anomaly detection, responses and adaptive limits (threat.go).
+	Threat ThreatConfig
 }
 
 // Validate checks the configuration and fills dev-mode defaults.
@@ -155,6 +157,9 @@ type Server struct {
 	node *cluster.Node
 	fsm  *fsm.FSM
 	api  *api.Server
+	hub  *api.WatchHub // the edges' watch stream, fed by the FSM's OnApply
+	// threat: the detectors, the adaptive limiter and alerts (threat.go)
+	threat threatParts
 	stop context.CancelFunc
 	done chan struct{}
 	ln   net.Listener
@@ -181,12 +186,15 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 		}
 		scheme = "https"
 	}
-	f, err := fsm.Open(filepath.Join(cfg.DataDir, "fsm"), fsm.Options{Logger: log})
+	p.hub = api.NewWatchHub(api.WatchHubConfig{JoinToken: cfg.JoinToken, Logger: log})
+	f, err := fsm.Open(filepath.Join(cfg.DataDir, "fsm"), fsm.Options{Logger: log,
+		OnApply: func(i uint64, ch []fsm.Change) { p.hub.OnApply(i, ch); p.threat.onApply(i, ch) }, OnRestore: p.hub.OnRestore})
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	p.fsm = f
+	p.hub.Attach(f)
 	httpClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS}}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -218,8 +226,17 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 	p.api = api.New(api.Config{NodeID: cfg.NodeID, Version: cfg.Version, DevMode: cfg.Dev, JoinToken: cfg.JoinToken,
 		MaxBodyBytes: cfg.MaxBodyBytes, ClientTLS: clientTLS, Scheme: scheme, PublicMetrics: cfg.PublicMetrics || cfg.Dev,
 		Logger: log}, node, f)
+	p.api.MountEdge(p.hub)
+	if err := p.startThreat(ctx, log); err != nil {
+		node.Shutdown()
+		ln.Close()
+		f.Close()
+		cancel()
+		return nil, err
+	}
 	p.http = &http.Server{Handler: p.api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	p.http.RegisterOnShutdown(p.hub.Close) // end the edges' streams, or Shutdown waits on them
 	if serverTLS != nil {
 		hc := serverTLS.Clone()
 		hc.ClientAuth = tls.VerifyClientCertIfGiven
@@ -440,6 +457,7 @@ func (p *Server) Close() error {
 	defer cancel()
 	_ = p.http.Shutdown(ctx)
 	<-p.done
+	p.threat.wait()
 	err := p.node.Shutdown()
 	if cerr := p.fsm.Close(); err == nil {
 		err = cerr
@@ -452,6 +470,9 @@ func (p *Server) Node() *cluster.Node { return p.node }
 
 // FSM is the server's state machine.
 func (p *Server) FSM() *fsm.FSM { return p.fsm }
+
+// Watch is the hub of the edges' watch stream.
+func (p *Server) Watch() *api.WatchHub { return p.hub }
 
 // API is the server's HTTP API.
 func (p *Server) API() *api.Server { return p.api }
