@@ -19,6 +19,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"server", "run a control-plane server (-dev for a single-node dev server)", runServer},
+		{"edge", "run an enforcement edge: reverse proxy (-upstream) and forward-auth (/v1/check)", runEdge},
 		{"tenant", "manage tenants: create|list|get|update|suspend|activate|delete", runTenant},
 		{"limit", "tenant rate limits: get|set", runLimit},
 		{"audit", "audit log: query|tail|verify|retention", runAudit},
