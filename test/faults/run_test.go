@@ -1,0 +1,416 @@
+//go:build linux
+
+package faults
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// workload says how hard the clients push.
+type workload struct {
+	workers int           // concurrent clients, each issuing one operation at a time
+	tenants int           // tenants they share (one linearizability partition each)
+	think   time.Duration // pause between a client's operations
+	timeout time.Duration // per request; a write that times out is ambiguous
+	probe   time.Duration // availability prober's write interval (0: off)
+}
+
+// scenario is a nemesis applied in cycles under load.
+type scenario struct {
+	name    string
+	nemesis nemesis
+	cycles  int
+	warmup  time.Duration
+	fault   time.Duration // how long each fault lasts (a deliberate sleep)
+	heal    time.Duration // how long the cluster runs healed between faults
+	load    workload
+}
+
+// run is one scenario in progress.
+type run struct {
+	t      *testing.T
+	c      *cluster
+	sc     scenario
+	hist   *history
+	rnd    *mrand.Rand
+	prefix string // tenant and request-id prefix
+	values atomic.Int64
+
+	mu      sync.Mutex
+	faulted map[string]bool
+	faults  []*fault
+	mon     *leaderMonitor
+	edges   edgeChecker
+}
+
+func (r *run) setFaulted(id string, on bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.faulted[id] = on
+}
+
+func (r *run) healthyNodes() []*node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*node
+	for _, n := range r.c.nodes {
+		if !r.faulted[n.id] {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (r *run) tenant(i int) string { return fmt.Sprintf("%s-t%d", r.prefix, i) }
+func (r *run) probeTenant() string { return r.prefix + "-probe" }
+
+// nextValue is a rate limit no other write of the run uses, so a read names
+// the write it saw.
+func (r *run) nextValue() int { return int(r.values.Add(1)) }
+
+var weights = []struct {
+	kind opKind
+	w    int
+}{{opSetRPM, 30}, {opReadRPM, 25}, {opReadStatus, 10}, {opStaleRead, 12}, {opSuspend, 6}, {opActivate, 6},
+	{opCreate, 7}, {opDelete, 4}}
+
+func (r *run) randomKind(rnd *mrand.Rand) opKind {
+	total := 0
+	for _, w := range weights {
+		total += w.w
+	}
+	x := rnd.IntN(total)
+	for _, w := range weights {
+		if x < w.w {
+			return w.kind
+		}
+		x -= w.w
+	}
+	return opReadRPM
+}
+
+// runScenario starts the clients, applies the nemesis in cycles, heals,
+// checks everything and returns the scenario's row of the report.
+func runScenario(t *testing.T, c *cluster, sc scenario) *result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	seed := uint64(time.Now().UnixNano())
+	r := &run{t: t, c: c, sc: sc, hist: newHistory(), rnd: mrand.New(mrand.NewPCG(seed, 1)), faulted: map[string]bool{},
+		prefix: shortName(sc.name) + "-" + strings.ToLower(randomToken(3))}
+	r.values.Store(1000)
+	t.Logf("scenario %q: nemesis %s, %d cycle(s) of %v fault + %v healed, %d clients on %d tenants (seed %d)",
+		sc.name, sc.nemesis.name(), sc.cycles, sc.fault, sc.heal, sc.load.workers, sc.load.tenants, seed)
+
+	// Make sure we start from a healthy cluster, and create the tenants
+	// (recorded: the model starts from "absent").
+	if err := c.waitHealthy(ctx); err != nil {
+		t.Fatalf("cluster not healthy before %q: %v", sc.name, err)
+	}
+	setup := newAPIClient(sc.load.workers+1, c.token, r.prefix+"-setup", r.hist, 10*time.Second)
+	defer setup.close()
+	for i := 0; i < sc.load.tenants; i++ {
+		r.mustDo(ctx, setup, opCreate, r.tenant(i), 0)
+	}
+	if sc.load.probe > 0 {
+		r.mustDo(ctx, setup, opCreate, r.probeTenant(), 0)
+	}
+	r.edges = newEdgeChecker(t, c, r)
+
+	r.mon = startLeaderMonitor(c)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < sc.load.workers; w++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.worker(w, seed, stop) }()
+	}
+	if sc.load.probe > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.prober(stop) }()
+	}
+	if r.edges != nil {
+		r.edges.start(stop)
+	}
+
+	sleepCtx(ctx, sc.warmup)
+	for i := 0; i < sc.cycles && ctx.Err() == nil; i++ {
+		f, heal, err := sc.nemesis.inject(ctx, r)
+		if err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("%s: inject: %v", sc.name, err)
+		}
+		sleepCtx(ctx, sc.fault) // the fault's duration: a deliberate sleep
+		if f != nil {
+			f.healed = r.hist.now()
+			f.recoverFrom = f.at
+			if f.fromHeal {
+				f.recoverFrom = f.healed
+			}
+			r.faults = append(r.faults, f)
+		}
+		if err := heal(ctx); err != nil {
+			t.Errorf("%s: heal: %v", sc.name, err)
+		}
+		sleepCtx(ctx, sc.heal)
+	}
+	close(stop)
+	wg.Wait()
+	if r.edges != nil {
+		r.edges.stop()
+	}
+	r.mon.stop()
+
+	// Every fault is healed: the cluster must come back whole.
+	if err := c.healAllNetworks(ctx); err != nil {
+		t.Errorf("%s: final network heal: %v", sc.name, err)
+	}
+	if err := c.waitHealthy(ctx); err != nil {
+		c.dumpLogs()
+		t.Fatalf("%s: cluster did not recover after the faults healed: %v", sc.name, err)
+	}
+	r.finalReads(ctx, setup)
+	return r.check(ctx)
+}
+
+func shortName(s string) string {
+	var b strings.Builder
+	for _, c := range strings.ToLower(s) {
+		switch {
+		case c >= 'a' && c <= 'z' || c >= '0' && c <= '9':
+			b.WriteRune(c)
+		case b.Len() > 0 && !strings.HasSuffix(b.String(), "-"):
+			b.WriteByte('-')
+		}
+	}
+	return strings.Trim(b.String(), "-")
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// mustDo retries an operation until it has a definite answer; setup and final
+// reads use it. Every attempt is recorded.
+func (r *run) mustDo(ctx context.Context, a *apiClient, kind opKind, tenant string, value int) op {
+	var o op
+	err := poll(ctx, 60*time.Second, 100*time.Millisecond, func() (bool, error) {
+		l, err := r.c.leader(ctx)
+		if err != nil {
+			return false, err
+		}
+		o = a.do(l, kind, tenant, value)
+		r.hist.add(o)
+		if o.Out == outOK || o.Out == outFail {
+			return true, nil
+		}
+		return false, fmt.Errorf("%v", o)
+	})
+	if err != nil {
+		r.c.dumpLogs()
+		r.t.Fatalf("%s %s never got a definite answer: %v", kind, tenant, err)
+	}
+	return o
+}
+
+func (r *run) worker(id int, seed uint64, stop <-chan struct{}) {
+	rnd := mrand.New(mrand.NewPCG(seed, uint64(id)+100))
+	a := newAPIClient(id, r.c.token, r.prefix, r.hist, r.sc.load.timeout)
+	defer a.close()
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		n := r.c.nodes[rnd.IntN(len(r.c.nodes))]
+		kind := r.randomKind(rnd)
+		t := r.tenant(rnd.IntN(r.sc.load.tenants))
+		v := 0
+		if kind == opSetRPM {
+			v = r.nextValue()
+		}
+		o := a.do(n, kind, t, v)
+		r.hist.add(o)
+		pause := r.sc.load.think
+		if o.Out == outRejected && o.HTTP == 0 && pause < 20*time.Millisecond {
+			pause = 20 * time.Millisecond // the node is down: do not spin on it
+		}
+		if pause > 0 {
+			select {
+			case <-stop:
+				return
+			case <-time.After(pause):
+			}
+		}
+	}
+}
+
+// prober writes to its own tenant every interval, concurrently, through the
+// nodes no nemesis is holding, so the history shows when writes stop and
+// resume. Its writes are checked for durability, not linearizability.
+func (r *run) prober(stop <-chan struct{}) {
+	a := newAPIClient(r.sc.load.workers, r.c.token, r.prefix+"-probe", r.hist, 1500*time.Millisecond)
+	defer a.close()
+	tick := time.NewTicker(r.sc.load.probe)
+	defer tick.Stop()
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	i := 0
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		nodes := r.healthyNodes()
+		if len(nodes) == 0 {
+			continue
+		}
+		n := nodes[i%len(nodes)]
+		i++
+		select {
+		case sem <- struct{}{}:
+		default:
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			o := a.do(n, opSetRPM, r.probeTenant(), r.nextValue())
+			o.Probe = true
+			r.hist.add(o)
+		}()
+	}
+}
+
+// finalReads reads every tenant linearizably once the faults are over, so the
+// history ends with what the cluster finally holds.
+func (r *run) finalReads(ctx context.Context, a *apiClient) {
+	for i := 0; i < r.sc.load.tenants; i++ {
+		r.mustDo(ctx, a, opReadRPM, r.tenant(i), 0)
+		r.mustDo(ctx, a, opReadStatus, r.tenant(i), 0)
+	}
+}
+
+// ---- leader monitor ----
+
+// leaderMonitor polls every node's /health and counts leader changes and
+// elections (term increases) while a scenario runs.
+type leaderMonitor struct {
+	c    *cluster
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	mu        sync.Mutex
+	startTerm uint64
+	maxTerm   uint64
+	leaders   []string // successive leaders, as (term, id) first seen
+	lastTerm  uint64
+}
+
+func startLeaderMonitor(c *cluster) *leaderMonitor {
+	m := &leaderMonitor{c: c, done: make(chan struct{})}
+	for _, n := range c.nodes {
+		if h, err := c.health(context.Background(), n); err == nil && h.Term > m.startTerm {
+			m.startTerm = h.Term
+		}
+	}
+	m.maxTerm = m.startTerm
+	for _, n := range c.nodes {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			for {
+				if h, err := c.health(context.Background(), n); err == nil {
+					m.observe(h)
+				}
+				select {
+				case <-m.done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	return m
+}
+
+func (m *leaderMonitor) observe(h health) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if h.Term > m.maxTerm {
+		m.maxTerm = h.Term
+	}
+	if h.Role == "leader" && h.Term > m.lastTerm {
+		m.lastTerm = h.Term
+		m.leaders = append(m.leaders, fmt.Sprintf("%s@%d", h.NodeID, h.Term))
+	}
+}
+
+func (m *leaderMonitor) stop() {
+	close(m.done)
+	m.wg.Wait()
+}
+
+// changes returns how many times leadership moved and how many terms began.
+func (m *leaderMonitor) changes() (leaderChanges int, elections uint64, seq []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := 1; i < len(m.leaders); i++ {
+		prev, _, _ := strings.Cut(m.leaders[i-1], "@")
+		cur, _, _ := strings.Cut(m.leaders[i], "@")
+		if cur != prev {
+			leaderChanges++
+		}
+	}
+	return leaderChanges, m.maxTerm - m.startTerm, append([]string(nil), m.leaders...)
+}
+
+// ---- availability figures from the history ----
+
+// recoveryAfter is the time from t0 to the first acknowledged write invoked
+// at or after t0 (-1 if none).
+func recoveryAfter(ops []op, t0 int64) time.Duration {
+	best := int64(-1)
+	for _, o := range ops {
+		if o.Kind.isWrite() && o.Out == outOK && o.Call >= t0 && (best < 0 || o.Ret < best) {
+			best = o.Ret
+		}
+	}
+	if best < 0 {
+		return -1
+	}
+	return time.Duration(best - t0)
+}
+
+func durations(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "–"
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	f := func(d time.Duration) string {
+		if d < 0 {
+			return "never"
+		}
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	if len(s) == 1 {
+		return f(s[0])
+	}
+	return fmt.Sprintf("%s / %s / %s", f(s[0]), f(s[len(s)/2]), f(s[len(s)-1]))
+}
