@@ -266,7 +266,7 @@ func TestPipelineDevModeAndAvailability(t *testing.T) {
 }
 
 func TestRouteMap(t *testing.T) {
-	m, err := ParseRouteMap("GET /admin/*=admin; /admin/public=read; * /billing/*=manage_tenants:billing\nPOST /export/*=read:export")
+	m, err := ParseRouteMap("GET /admin/*=admin; /admin/public=read; * /billing/*=manage_tenants:billing\nPOST /export/*=read:export; POST /orders/*/refund=admin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,6 +282,9 @@ func TestRouteMap(t *testing.T) {
 		{"POST", "/orders", auth.PermWrite, ""},
 		{"HEAD", "/orders", auth.PermRead, ""},
 		{"PUT", "/admin/users", auth.PermWrite, ""},
+		{"POST", "/orders/7/refund", auth.PermAdmin, ""},
+		{"POST", "/orders/7/refund/x", auth.PermWrite, ""},
+		{"POST", "/orders/7", auth.PermWrite, ""},
 	} {
 		p, cl := m.Match(c.method, c.path)
 		if p != c.perm || cl != c.class {

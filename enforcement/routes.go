@@ -13,8 +13,9 @@ import (
 type RouteRule struct {
 	// Method is an HTTP method, or "" / "*" for any.
 	Method string
-	// Path is an exact path, or a prefix when it ends in "*"
-	// ("/admin/*" matches /admin/ and everything below it).
+	// Path is an exact path; "*" inside it matches one path segment, and a
+	// final "*" matches the rest ("/admin/*" matches /admin/ and everything
+	// below it, "/orders/*/refund" one order's refund).
 	Path string
 	// Permission the caller's role must hold.
 	Permission auth.Permission
@@ -56,7 +57,7 @@ func NewRouteMap(rules ...RouteRule) (*RouteMap, error) {
 		out = append(out, r)
 	}
 	slices.SortStableFunc(out, func(a, b RouteRule) int {
-		ap, bp := strings.HasSuffix(a.Path, "*"), strings.HasSuffix(b.Path, "*")
+		ap, bp := strings.Contains(a.Path, "*"), strings.Contains(b.Path, "*")
 		switch {
 		case ap != bp: // exact first
 			if !ap {
@@ -123,11 +124,7 @@ func (m *RouteMap) Match(method, path string) (auth.Permission, string) {
 			if r.Method != "" && r.Method != method {
 				continue
 			}
-			if p, ok := strings.CutSuffix(r.Path, "*"); ok {
-				if strings.HasPrefix(path, p) {
-					return r.Permission, r.Class
-				}
-			} else if path == r.Path {
+			if matchPath(r.Path, path) {
 				return r.Permission, r.Class
 			}
 		}
@@ -137,4 +134,27 @@ func (m *RouteMap) Match(method, path string) (auth.Permission, string) {
 		return auth.PermRead, ""
 	}
 	return auth.PermWrite, ""
+}
+
+// matchPath matches a route pattern: literal text, "*" for one segment, and
+// a final "*" for the rest of the path.
+func matchPath(pattern, path string) bool {
+	for {
+		i := strings.IndexByte(pattern, '*')
+		if i < 0 {
+			return pattern == path
+		}
+		if !strings.HasPrefix(path, pattern[:i]) {
+			return false
+		}
+		path, pattern = path[i:], pattern[i+1:]
+		if pattern == "" {
+			return true
+		}
+		j := strings.IndexByte(path, '/')
+		if j < 0 {
+			j = len(path)
+		}
+		path = path[j:]
+	}
 }
