@@ -63,9 +63,12 @@ type Config struct {
 	AuditFlushInterval time.Duration
 	AuditSpoolBytes    int64
 	TokenCacheSize     int
-	Clock              Clock
-	Logger             *slog.Logger
-	Version            string
+	// OnView, when set, is called after each new view is published (tests
+	// and embedding services that want to know when a change arrived).
+	OnView  func(*View)
+	Clock   Clock
+	Logger  *slog.Logger
+	Version string
 }
 
 // Edge is one enforcement edge: the replica of the view, the decision
@@ -161,7 +164,7 @@ func New(cfg Config) (*Edge, error) {
 	}
 	e.replica, err = NewReplica(ReplicaConfig{NodeID: cfg.NodeID, JoinToken: cfg.JoinToken, DataDir: viewDir,
 		Scheme: cfg.Scheme, TLS: cfg.ClientTLS, Candidates: e.candidates, Discover: e.discover,
-		Publish: e.pipeline.SetView, Clock: cfg.Clock, Logger: cfg.Logger})
+		Publish: e.publish, Clock: cfg.Clock, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +247,13 @@ func (e *Edge) Close() error {
 		e.wg.Wait()
 	}
 	return nil
+}
+
+func (e *Edge) publish(v *View) {
+	e.pipeline.SetView(v)
+	if e.cfg.OnView != nil {
+		e.cfg.OnView(v)
+	}
 }
 
 // budget is a tenant's fleet-wide budget in tokens per second.
