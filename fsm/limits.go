@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"math"
 	"time"
 )
 
@@ -14,10 +15,16 @@ type RateLimit struct {
 	RouteCosts map[string]int `json:"route_costs,omitempty"`
 	// Adaptive bounds and the reason for the current figure, set by the adaptive
 	// limiter (threat-detection issue); zero when not in use.
-	MinRequestsPerMinute int       `json:"min_requests_per_minute,omitempty"`
-	MaxRequestsPerMinute int       `json:"max_requests_per_minute,omitempty"`
-	Reason               string    `json:"reason,omitempty"`
-	UpdatedAt            time.Time `json:"updated_at"`
+	MinRequestsPerMinute int `json:"min_requests_per_minute,omitempty"`
+	MaxRequestsPerMinute int `json:"max_requests_per_minute,omitempty"`
+	// BaseRequestsPerMinute is the figure the operator set, which the
+	// adaptive limiter decays back to; ObservedRequestsPerMinute is its
+	// baseline of the tenant's normal demand, replicated so that a new
+	// leader starts warm.
+	BaseRequestsPerMinute     int       `json:"base_requests_per_minute,omitempty"`
+	ObservedRequestsPerMinute float64   `json:"observed_requests_per_minute,omitempty"`
+	Reason                    string    `json:"reason,omitempty"`
+	UpdatedAt                 time.Time `json:"updated_at"`
 }
 
 // Tiers are the predefined policies of the original system.
@@ -38,7 +45,11 @@ type SetRateLimitCmd struct {
 	RouteCosts           map[string]int `json:"route_costs,omitempty"`
 	MinRequestsPerMinute int            `json:"min_requests_per_minute,omitempty"`
 	MaxRequestsPerMinute int            `json:"max_requests_per_minute,omitempty"`
-	Reason               string         `json:"reason,omitempty"`
+	// Base and Observed are set by the adaptive limiter; an operator's
+	// change leaves them zero, making its figure the new base.
+	BaseRequestsPerMinute     int     `json:"base_requests_per_minute,omitempty"`
+	ObservedRequestsPerMinute float64 `json:"observed_requests_per_minute,omitempty"`
+	Reason                    string  `json:"reason,omitempty"`
 }
 
 const maxRPM = 100_000_000
@@ -82,6 +93,10 @@ func (c *SetRateLimitCmd) Validate() *Error {
 		(c.MaxRequestsPerMinute > 0 && c.MinRequestsPerMinute > c.MaxRequestsPerMinute) {
 		return errf(CodeInvalidArgument, "adaptive bounds must satisfy 0 <= min <= max")
 	}
+	if c.BaseRequestsPerMinute < 0 || c.BaseRequestsPerMinute > maxRPM || math.IsNaN(c.ObservedRequestsPerMinute) ||
+		c.ObservedRequestsPerMinute < 0 || c.ObservedRequestsPerMinute > maxRPM {
+		return errf(CodeInvalidArgument, "base and observed rates must be between 0 and %d", maxRPM)
+	}
 	return validName("reason", c.Reason, 512)
 }
 
@@ -97,13 +112,21 @@ func applySetRateLimit(w *wtx, c *Command) (any, *Error) {
 	if _, ok := w.reader().Tenant(p.Tenant); !ok {
 		return nil, errf(CodeNotFound, "tenant %q not found", p.Tenant)
 	}
+	base := p.BaseRequestsPerMinute
+	if base == 0 {
+		base = p.RequestsPerMinute
+	}
 	lim := &RateLimit{Tenant: p.Tenant, Tier: p.Tier, RequestsPerMinute: p.RequestsPerMinute, Burst: p.Burst,
 		RouteCosts: p.RouteCosts, MinRequestsPerMinute: p.MinRequestsPerMinute,
-		MaxRequestsPerMinute: p.MaxRequestsPerMinute, Reason: p.Reason, UpdatedAt: w.now()}
+		MaxRequestsPerMinute: p.MaxRequestsPerMinute, BaseRequestsPerMinute: base,
+		ObservedRequestsPerMinute: p.ObservedRequestsPerMinute, Reason: p.Reason, UpdatedAt: w.now()}
 	putJSON(w.tx.Bucket(bLimits), []byte(p.Tenant), lim)
 	w.changed(ChangeLimit, p.Tenant, p.Tenant, false)
-	w.audit(p.Tenant, ActionConfigChanged, "rate-limit/"+p.Tenant, OutcomeSuccess, map[string]string{
-		"requests_per_minute": itoa(lim.RequestsPerMinute), "burst": itoa(lim.Burst)})
+	meta := map[string]string{"requests_per_minute": itoa(lim.RequestsPerMinute), "burst": itoa(lim.Burst)}
+	if p.Reason != "" {
+		meta["reason"] = p.Reason
+	}
+	w.audit(p.Tenant, ActionConfigChanged, "rate-limit/"+p.Tenant, OutcomeSuccess, meta)
 	return lim, nil
 }
 
@@ -114,4 +137,19 @@ func (r *Reader) RateLimit(tenant string) (*RateLimit, bool) {
 		return nil, false
 	}
 	return &l, true
+}
+
+// AdaptiveRateLimits returns the policies with adaptive bounds (min and max
+// set): the tenants the adaptive limiter manages.
+func (r *Reader) AdaptiveRateLimits() []*RateLimit {
+	var out []*RateLimit
+	_ = r.tx.Bucket(bLimits).ForEach(func(k, v []byte) error {
+		var l RateLimit
+		mustUnmarshal(k, v, &l)
+		if l.MinRequestsPerMinute > 0 && l.MaxRequestsPerMinute > 0 {
+			out = append(out, &l)
+		}
+		return nil
+	})
+	return out
 }
