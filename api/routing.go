@@ -40,6 +40,7 @@ func (s *Server) write(h handlerP) http.HandlerFunc {
 			return
 		}
 		h(w, r, p)
+		s.auditOutcome(w, r, p)
 	}
 }
 
@@ -87,6 +88,7 @@ func (s *Server) read(h handlerP) http.HandlerFunc {
 			return
 		}
 		h(w, r, p)
+		s.auditOutcome(w, r, p)
 	}
 }
 
@@ -183,32 +185,6 @@ func bearer(r *http.Request) string {
 		return strings.TrimSpace(h[7:])
 	}
 	return ""
-}
-
-// authenticate resolves the caller. Credentials, when presented, must be valid
-// even in dev mode; dev mode only supplies an identity when none is presented.
-func (s *Server) authenticate(r *http.Request) (fsm.Principal, error) {
-	tok := bearer(r)
-	if tok == "" {
-		if s.cfg.DevMode {
-			return DevPrincipal, nil
-		}
-		return fsm.Principal{}, apiErr(http.StatusUnauthorized, CodeUnauthenticated, "a credential is required")
-	}
-	var op *fsm.OperatorToken
-	_ = s.fsm.View(func(rd *fsm.Reader) error {
-		op, _ = rd.Operator()
-		return nil
-	})
-	if op != nil && subtle.ConstantTimeCompare([]byte(HashOperatorToken(tok)), []byte(op.Hash)) == 1 {
-		return fsm.Principal{Kind: fsm.PrincipalOperator, ID: op.ID, Name: "operator", Role: "operator"}, nil
-	}
-	if !s.node.CaughtUp() {
-		// This server is still rebuilding its state (it just restarted): the
-		// credential may simply not be there yet. Never say "invalid" then.
-		return fsm.Principal{}, apiErr(http.StatusServiceUnavailable, CodeUnavailable, "this server is catching up with the cluster; retry shortly")
-	}
-	return fsm.Principal{}, apiErr(http.StatusUnauthorized, CodeUnauthenticated, "invalid credential")
 }
 
 // propose applies a command for principal p and returns its result value, or

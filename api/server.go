@@ -79,6 +79,7 @@ type Server struct {
 	proxy   *http.Client
 	metrics *metrics
 	reg     *prometheus.Registry
+	id      *identity // users, logins, tokens, API keys, IP rules (EnableIdentity)
 }
 
 // New builds the API server.

@@ -244,7 +244,7 @@ func TestIdentityAuthorizationInApply(t *testing.T) {
 	// Role lowered after the API checked: Apply refuses with the old role.
 	lower := auth.RoleReadOnly
 	h.ok(CmdUpdateUser, admin, &UpdateUserCmd{Tenant: "acme", ID: dev.ID, Role: &lower})
-	if u := userOf(t, h.f, "acme", dev.ID); u.TokensValidAfter.Before(time.Unix(0, h.header(opP).Time).Add(-2*time.Second)) {
+	if u := userOf(t, h.f, "acme", dev.ID); u.TokensValidAfter.Before(time.Unix(0, h.header(opP).Time).Add(-2 * time.Second)) {
 		t.Errorf("tokens_valid_after not bumped on role change: %v", u.TokensValidAfter)
 	}
 	h.fails(CmdCreateAPIKey, dev, key("stale-role", auth.RoleReadOnly), CodeForbidden)

@@ -38,7 +38,30 @@ func serverFlags(fs *flag.FlagSet, c *server.Config) *string {
 	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", cluster.DefaultHeartbeatTimeout, "raft heartbeat timeout")
 	fs.DurationVar(&c.ElectionTimeout, "election-timeout", cluster.DefaultElectionTimeout, "raft election timeout")
 	fs.DurationVar(&c.LeaderLeaseTimeout, "leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "raft leader lease timeout")
+	threatFlags(fs, &c.Threat)
+	identityFlags(fs, c)
 	return join
+}
+
+// threatFlags are the threat-detection settings (0 or empty: the default).
+func threatFlags(fs *flag.FlagSet, t *server.ThreatConfig) {
+	fs.BoolVar(&t.Disabled, "threat-disabled", false, "turn off anomaly detection, automatic responses and adaptive rate limits")
+	fs.StringVar(&t.WebhookURL, "webhook-url", "", "POST signed anomaly alerts (HMAC-SHA-256, X-Allsource-Signature) to this URL")
+	fs.StringVar(&t.WebhookSecret, "webhook-secret", "", "key of the alert signature, at least 16 bytes (use ALLSOURCE_WEBHOOK_SECRET)")
+	fs.Func("threat-exempt", "comma-separated addresses or prefixes never blocked automatically (load balancers, servers)", func(v string) error {
+		p, err := server.ParseExemptIPs(v)
+		t.ExemptIPs = p
+		return err
+	})
+	fs.IntVar(&t.Detect.BruteForceFailures, "brute-force-failures", 0, "failed logins for one user or from one address that are brute force (default 5)")
+	fs.DurationVar(&t.Detect.BruteForceWindow, "brute-force-window", 0, "window of -brute-force-failures (default 15m)")
+	fs.IntVar(&t.Detect.StuffingUsernames, "stuffing-usernames", 0, "distinct usernames failing from one source that are credential stuffing (default 10)")
+	fs.DurationVar(&t.Detect.StuffingWindow, "stuffing-window", 0, "window of -stuffing-usernames (default 6h)")
+	fs.IntVar(&t.Detect.VelocityActions, "velocity-actions", 0, "actions by one actor that are too fast (default 20)")
+	fs.DurationVar(&t.Detect.VelocityWindow, "velocity-window", 0, "window of -velocity-actions (default 10s)")
+	fs.Float64Var(&t.Detect.ExfilFactor, "exfiltration-factor", 0, "read rate over an actor's baseline that is exfiltration (default 5)")
+	fs.IntVar(&t.Detect.BaselineEvents, "baseline-events", 0, "events an actor's baseline needs before unusual access is raised (default 50)")
+	fs.DurationVar(&t.Detect.BaselineMinSpan, "baseline-min-span", 0, "time an actor's baseline must span (default 72h)")
 }
 
 func newLogger(level, format string) *slog.Logger {

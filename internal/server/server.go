@@ -58,6 +58,10 @@ type Config struct {
 	FastGossip      bool
 	// Threat configures anomaly detection, responses and adaptive limits (threat.go).
 	Threat ThreatConfig
+	// KMSLocalKeyFile is the local KMS root key every server loads (identity.go).
+	KMSLocalKeyFile string
+	// Identity configures passwords, tokens, lockout and the audit batcher (identity.go).
+	Identity IdentitySettings
 }
 
 // Validate checks the configuration and fills dev-mode defaults.
@@ -131,6 +135,9 @@ func (c *Config) Validate() error {
 	default:
 		return errors.New("-log-format must be text or json")
 	}
+	if err := c.Identity.validate(); err != nil {
+		return err
+	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("-max-body-bytes must be at least 1024")
 	}
@@ -158,11 +165,12 @@ type Server struct {
 	fsm  *fsm.FSM
 	api  *api.Server
 	hub  *api.WatchHub // the edges' watch stream, fed by the FSM's OnApply
-	// threat: the detectors, the adaptive limiter and alerts (threat.go)
-	threat threatParts
 	stop context.CancelFunc
 	done chan struct{}
 	ln   net.Listener
+
+	threat threatParts // the detectors, the adaptive limiter and alerts (threat.go)
+	sec    *secrets    // unwrapped pepper and signing keys (identity.go)
 }
 
 // Start starts a server from a validated Config. It returns once the HTTP
@@ -187,8 +195,10 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 		scheme = "https"
 	}
 	p.hub = api.NewWatchHub(api.WatchHubConfig{JoinToken: cfg.JoinToken, Logger: log})
+	p.sec = newSecrets(log)
 	f, err := fsm.Open(filepath.Join(cfg.DataDir, "fsm"), fsm.Options{Logger: log,
-		OnApply: func(i uint64, ch []fsm.Change) { p.hub.OnApply(i, ch); p.threat.onApply(i, ch) }, OnRestore: p.hub.OnRestore})
+		OnApply: func(i uint64, ch []fsm.Change) { p.hub.OnApply(i, ch); p.threat.onApply(i, ch); p.sec.onApply(i, ch) },
+		OnRestore: func(i uint64) { p.hub.OnRestore(i); p.sec.changed() }})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -227,6 +237,13 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 		MaxBodyBytes: cfg.MaxBodyBytes, ClientTLS: clientTLS, Scheme: scheme, PublicMetrics: cfg.PublicMetrics || cfg.Dev,
 		Logger: log}, node, f)
 	p.api.MountEdge(p.hub)
+	if err := p.startIdentity(ctx); err != nil {
+		node.Shutdown()
+		ln.Close()
+		f.Close()
+		cancel()
+		return nil, err
+	}
 	if err := p.startThreat(ctx, log); err != nil {
 		node.Shutdown()
 		ln.Close()
@@ -458,6 +475,8 @@ func (p *Server) Close() error {
 	_ = p.http.Shutdown(ctx)
 	<-p.done
 	p.threat.wait()
+	p.api.StopIdentity() // flush buffered audit while raft still runs
+	p.sec.wait()
 	err := p.node.Shutdown()
 	if cerr := p.fsm.Close(); err == nil {
 		err = cerr

@@ -1,0 +1,322 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/allsource/guard/fsm"
+)
+
+// The audit batcher is the group commit of audit entries that no
+// state-changing command writes (authentication failures, permission denials,
+// cross-tenant attempts, login failures, aggregated API-key use). Each server
+// buffers them and proposes one raft entry per batch — flushed at AuditBatch
+// entries or AuditFlush after the first — so a burst of failed logins costs a
+// few raft round trips, not one each. A follower sends its batches to the
+// leader's internal endpoint, authenticated by the cluster's join token; the
+// leader proposes them as they are, so the follower learns when they are
+// committed and retries otherwise.
+
+// batchBody is one batch, as proposed or sent to the leader.
+type batchBody struct {
+	Entries       []fsm.AuditInput   `json:"entries,omitempty"`
+	LoginFailures []fsm.LoginFailure `json:"login_failures,omitempty"`
+	KeyUses       []fsm.KeyUse       `json:"key_uses,omitempty"`
+}
+
+func (b *batchBody) size() int { return len(b.Entries) + len(b.LoginFailures) + len(b.KeyUses) }
+
+type batchItem struct {
+	audit *fsm.AuditInput
+	fail  *fsm.LoginFailure
+}
+
+type auditBatcher struct {
+	s        *Server
+	maxBatch int
+	flush    time.Duration
+	policy   fsm.LockoutPolicy
+	in       chan batchItem
+	sem      chan struct{}
+	inflight sync.WaitGroup
+	quit     chan struct{}
+	loopDone chan struct{}
+	once     sync.Once
+	dropped  atomic.Uint64
+	// committed counts entries the cluster acknowledged (benchmarks, tests).
+	committed atomic.Uint64
+}
+
+const internalAuditPath = "/v1/internal/server-audit"
+
+func newAuditBatcher(s *Server, cfg IdentityConfig) *auditBatcher {
+	b := &auditBatcher{s: s, maxBatch: min(cfg.AuditBatch, 10000), flush: cfg.AuditFlush, policy: cfg.Lockout,
+		in: make(chan batchItem, 1<<16), sem: make(chan struct{}, cfg.AuditInflight),
+		quit: make(chan struct{}), loopDone: make(chan struct{})}
+	go b.loop()
+	return b
+}
+
+// Add buffers an audit entry. An entry that would fail validation is logged
+// and dropped here, so it cannot make a whole batch fail in Apply.
+func (b *auditBatcher) Add(in fsm.AuditInput) {
+	if e := in.Validate(); e != nil {
+		b.s.log.Error("dropping an invalid audit entry", "action", in.Action, "err", e)
+		b.dropped.Add(1)
+		return
+	}
+	b.enqueue(batchItem{audit: &in})
+}
+
+// AddLoginFailure buffers a refused login (audit entry and lockout count).
+func (b *auditBatcher) AddLoginFailure(f fsm.LoginFailure) { b.enqueue(batchItem{fail: &f}) }
+
+func (b *auditBatcher) enqueue(it batchItem) {
+	select {
+	case b.in <- it:
+		return
+	default:
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case b.in <- it:
+	case <-t.C:
+		b.dropped.Add(1)
+		b.s.log.Error("audit buffer full for a second; dropping an entry")
+	}
+}
+
+// Committed returns how many entries the cluster has acknowledged.
+func (b *auditBatcher) Committed() uint64 { return b.committed.Load() }
+
+func (b *auditBatcher) loop() {
+	defer close(b.loopDone)
+	var cur batchBody
+	var timer *time.Timer
+	var tc <-chan time.Time
+	add := func(it batchItem) {
+		if it.audit != nil {
+			cur.Entries = append(cur.Entries, *it.audit)
+		} else {
+			cur.LoginFailures = append(cur.LoginFailures, *it.fail)
+		}
+	}
+	dispatch := func() {
+		if timer != nil {
+			timer.Stop()
+			timer, tc = nil, nil
+		}
+		if cur.size() == 0 {
+			return
+		}
+		body := cur
+		cur = batchBody{}
+		b.sem <- struct{}{}
+		b.inflight.Add(1)
+		go func() {
+			defer func() { <-b.sem; b.inflight.Done() }()
+			b.deliver(body)
+		}()
+	}
+	for {
+		select {
+		case it := <-b.in:
+			add(it)
+			if cur.size() == 1 {
+				timer = time.NewTimer(b.flush)
+				tc = timer.C
+			}
+			if cur.size() >= b.maxBatch {
+				dispatch()
+			}
+		case <-tc:
+			timer, tc = nil, nil
+			dispatch()
+		case <-b.quit:
+			for {
+				select {
+				case it := <-b.in:
+					add(it)
+					if cur.size() >= b.maxBatch {
+						dispatch()
+					}
+					continue
+				default:
+				}
+				break
+			}
+			dispatch()
+			b.inflight.Wait()
+			return
+		}
+	}
+}
+
+// deliver sends a batch, retrying with backoff for about 10 s (an election, a
+// leader restart) before giving up.
+func (b *auditBatcher) deliver(body batchBody) {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := b.send(ctx, body)
+		cancel()
+		if err == nil {
+			return
+		}
+		if attempt == 8 {
+			b.dropped.Add(uint64(body.size()))
+			b.s.log.Error("audit batch lost after retries", "entries", body.size(), "err", err)
+			return
+		}
+		select {
+		case <-time.After(backoff):
+		case <-b.quit:
+			if attempt >= 3 {
+				b.dropped.Add(uint64(body.size()))
+				b.s.log.Error("audit batch lost at shutdown", "entries", body.size(), "err", err)
+				return
+			}
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// send proposes the batch on the leader, or posts it to the leader.
+func (b *auditBatcher) send(ctx context.Context, body batchBody) error {
+	s := b.s
+	if !s.node.IsLeader() {
+		return b.post(ctx, body)
+	}
+	for len(body.Entries) > 0 {
+		n := min(len(body.Entries), 10000)
+		if _, err := s.proposeSystem(ctx, fsm.CmdAppendAudit, &fsm.AppendAuditCmd{Entries: body.Entries[:n]}); err != nil {
+			return err
+		}
+		b.committed.Add(uint64(n))
+		body.Entries = body.Entries[n:]
+	}
+	for len(body.LoginFailures) > 0 {
+		n := min(len(body.LoginFailures), 10000)
+		if _, err := s.proposeSystem(ctx, fsm.CmdLoginFailures, &fsm.LoginFailuresCmd{Failures: body.LoginFailures[:n], Policy: b.policy}); err != nil {
+			return err
+		}
+		b.committed.Add(uint64(n))
+		body.LoginFailures = body.LoginFailures[n:]
+	}
+	for len(body.KeyUses) > 0 {
+		n := min(len(body.KeyUses), 10000)
+		if _, err := s.proposeSystem(ctx, fsm.CmdTouchAPIKeys, &fsm.TouchAPIKeysCmd{Uses: body.KeyUses[:n]}); err != nil {
+			return err
+		}
+		body.KeyUses = body.KeyUses[n:]
+	}
+	return nil
+}
+
+func (b *auditBatcher) post(ctx context.Context, body batchBody) error {
+	s := b.s
+	if s.cfg.JoinToken == "" {
+		return fmt.Errorf("not the leader, and no join token to reach it with")
+	}
+	leader, err := s.node.LeaderHTTP()
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(&body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.Scheme+"://"+leader+internalAuditPath, bytes.NewReader(raw))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(hdrJoinToken, s.cfg.JoinToken)
+	resp, err := s.proxy.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("leader answered %s", resp.Status)
+	}
+	b.committed.Add(uint64(len(body.Entries) + len(body.LoginFailures)))
+	return nil
+}
+
+func (b *auditBatcher) close() {
+	b.once.Do(func() { close(b.quit) })
+	<-b.loopDone
+}
+
+// internalAudit is the leader's end of the followers' batches. Only servers
+// of the cluster (holding the join token) may call it.
+func (s *Server) internalAudit(w http.ResponseWriter, r *http.Request) {
+	tok := r.Header.Get(hdrJoinToken)
+	if s.cfg.JoinToken == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.JoinToken)) != 1 {
+		s.writeError(w, r, apiErr(http.StatusUnauthorized, CodeUnauthenticated, "a valid join token is required"))
+		return
+	}
+	if s.id == nil {
+		s.writeError(w, r, apiErr(http.StatusServiceUnavailable, CodeUnavailable, "identity is not enabled on this server"))
+		return
+	}
+	var body batchBody
+	if err := decodeJSON(r, &body); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	for i := range body.Entries {
+		if e := body.Entries[i].Validate(); e != nil {
+			s.writeError(w, r, e)
+			return
+		}
+	}
+	if err := s.id.audit.send(r.Context(), body); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// keyUses aggregates API-key uses in memory between reports.
+type keyUses struct {
+	mu sync.Mutex
+	m  map[string]*fsm.KeyUse
+}
+
+func newKeyUses() *keyUses { return &keyUses{m: map[string]*fsm.KeyUse{}} }
+
+func (k *keyUses) record(id string, at time.Time) {
+	k.mu.Lock()
+	u := k.m[id]
+	if u == nil {
+		u = &fsm.KeyUse{ID: id}
+		k.m[id] = u
+	}
+	u.Count++
+	if at.After(u.LastUsed) {
+		u.LastUsed = at
+	}
+	k.mu.Unlock()
+}
+
+func (k *keyUses) take() []fsm.KeyUse {
+	k.mu.Lock()
+	m := k.m
+	k.m = map[string]*fsm.KeyUse{}
+	k.mu.Unlock()
+	out := make([]fsm.KeyUse, 0, len(m))
+	for _, u := range m {
+		out = append(out, *u)
+	}
+	return out
+}
