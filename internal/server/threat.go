@@ -28,7 +28,7 @@ type ThreatConfig struct {
 	WebhookURL    string
 	WebhookSecret string
 	// ExemptIPs are never blocked automatically (load balancers, the
-	// servers' own addresses).
+	// servers' own addresses); loopback never is either.
 	ExemptIPs []netip.Prefix
 	// CheckpointEvery, CheckpointEntries, CheckpointAge: when the analysed
 	// watermark is replicated without a detection (threat.RunnerConfig).
@@ -98,8 +98,11 @@ func (p *Server) startThreat(ctx context.Context, log *slog.Logger) error {
 		p.threat.wg.Add(1)
 		go func() { defer p.threat.wg.Done(); wh.Run(ctx) }()
 	}
+	// Loopback is never blocked: local health checks, sidecars and the
+	// servers' own calls come from it.
+	exempt := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, tc.ExemptIPs...)
 	runner, err := threat.NewRunner(threat.RunnerConfig{Detect: tc.Detect, NodeID: p.cfg.NodeID, FSM: p.fsm, Node: p.node,
-		Logger: log, ExemptIPs: tc.ExemptIPs, Sinks: sinks, Registerer: reg, CheckpointEvery: tc.CheckpointEvery,
+		Logger: log, ExemptIPs: exempt, Sinks: sinks, Registerer: reg, CheckpointEvery: tc.CheckpointEvery,
 		CheckpointEntries: tc.CheckpointEntries, CheckpointAge: tc.CheckpointAge})
 	if err != nil {
 		return err
