@@ -135,18 +135,60 @@ func (h *WatchHub) SetSecrets(s EdgeSecrets) {
 }
 
 // SecretsChanged re-reads the secrets and pushes any that changed to every
-// stream.
+// stream: the pepper, and HS256 signing keys whose secret the server has
+// unwrapped since their record was sent (the record is re-sent whole).
 func (h *WatchHub) SecretsChanged() {
 	recs := h.refreshSecrets()
+	h.snapMu.Lock()
+	h.snap = nil // a cached snapshot may lack a secret that is available now
+	h.snapMu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// Read and push under mu: publish holds it too, so this frame cannot
+	// overtake (or be overtaken by) a change to the same records.
+	recs = append(recs, h.refreshSigningLocked()...)
 	if len(recs) == 0 {
 		return
 	}
 	frame := encodeFrame(map[string]any{"type": "secrets", "records": recs})
-	h.mu.Lock()
 	for s := range h.subs {
 		s.pushRaw(frame, h.cfg.QueueLimit)
 	}
-	h.mu.Unlock()
+}
+
+// refreshSigningLocked returns the HS256 signing-key records whose sealed
+// secret became available (or changed) since last sent.
+func (h *WatchHub) refreshSigningLocked() []fsm.ViewRecord {
+	f, box := h.fsm.Load(), h.secrets.Load()
+	if f == nil || box == nil || box.s == nil {
+		return nil
+	}
+	var out []fsm.ViewRecord
+	_ = f.View(func(r *fsm.Reader) error {
+		for _, k := range r.SigningKeys() {
+			if k.Alg != "HS256" {
+				continue
+			}
+			name := "signing/" + k.KID
+			sec, ok := box.s.SigningSecret(k.KID)
+			ver := ""
+			if ok {
+				ver = secretVersion(name, sec)
+			}
+			if h.sealVer[name] == ver {
+				continue
+			}
+			rec, found := r.ViewRecord(fsm.Change{Kind: fsm.ChangeSigningKey, Key: k.KID})
+			if !found || rec.SigningKey == nil {
+				continue
+			}
+			h.sealSigningSecret(rec.SigningKey)
+			h.sealVer[name] = ver
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out
 }
 
 // refreshSecrets seals secrets whose value changed since the last call and

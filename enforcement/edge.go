@@ -50,8 +50,8 @@ type Config struct {
 	// TrustedProxies may set X-Forwarded-For / X-Real-IP.
 	TrustedProxies []netip.Prefix
 	Routes         *RouteMap
-	// Issuer, Audience and Leeway of access tokens (defaults allsource,
-	// allsource, 30 s).
+	// Issuer, Audience and Leeway of access tokens (defaults
+	// allsource-guard, allsource-guard, 30 s: the servers' defaults).
 	Issuer, Audience string
 	Leeway           time.Duration
 	DevMode          bool

@@ -109,8 +109,8 @@ func NewPipeline(cfg PipelineConfig) *Pipeline {
 
 // Default token issuer and audience (the servers' defaults).
 const (
-	DefaultIssuer   = "allsource"
-	DefaultAudience = "allsource"
+	DefaultIssuer   = "allsource-guard"
+	DefaultAudience = "allsource-guard"
 )
 
 // SetView publishes a new view; requests from now on decide from it.
