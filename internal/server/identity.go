@@ -588,7 +588,7 @@ func (p *Server) startIdentity(ctx context.Context) error {
 	}
 	p.api.EnableIdentity(api.IdentityConfig{Secrets: p.sec, Hasher: hasher, Issuer: st.Issuer, Audience: st.Audience,
 		AccessTTL: st.TokenTTL, RefreshTTL: st.RefreshTTL, Lockout: lock, AuditBatch: st.AuditBatch,
-		AuditFlush: st.AuditFlush, KeyUseFlush: st.KeyUseFlush})
+		AuditFlush: st.AuditFlush, KeyUseFlush: st.KeyUseFlush, SecondFactor: p.secondFactor})
 	p.hub.SetSecrets(p.sec)
 	propose := func(ctx context.Context, t fsm.CommandType, payload any) (*fsm.Result, error) {
 		c, err := fsm.NewCommand(t, fsm.Header{Principal: fsm.Principal{Kind: fsm.PrincipalSystem, ID: cfg.NodeID, Name: "identity"},

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/allsource/guard/api"
+	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
 	"github.com/allsource/guard/threat"
 )
@@ -62,7 +63,40 @@ func ParseExemptIPs(s string) ([]netip.Prefix, error) {
 type threatParts struct {
 	runner   atomic.Pointer[threat.Runner] // set once built; the FSM hook reads it
 	adaptive *threat.AdaptiveRunner
+	mfa      *api.MFA
 	wg       sync.WaitGroup
+}
+
+// mfaField is the KMS context field of sealed TOTP secrets.
+const mfaField = "mfa_secret"
+
+var errNoPepper = errors.New("the server's pepper is not loaded yet")
+
+// startMFA mounts the MFA endpoints, sealing secrets with the same internal
+// KMS key as e-mail addresses (bound to the tenant and the field).
+func (p *Server) startMFA() {
+	p.threat.mfa = p.api.MountMFA(api.MFAHooks{
+		Seal: func(ctx context.Context, tenant string, secret []byte) ([]byte, error) {
+			return p.sec.Seal(ctx, secret, tenant, mfaField)
+		},
+		Open: func(ctx context.Context, tenant string, ct []byte) ([]byte, error) {
+			return p.sec.Open(ctx, ct, tenant, mfaField)
+		},
+		Pepper: func() (*auth.Pepper, error) {
+			if pp := p.sec.Pepper(); pp != nil {
+				return pp, nil
+			}
+			return nil, errNoPepper
+		},
+	})
+}
+
+// secondFactor is the login's MFA hook (api.IdentityConfig.SecondFactor).
+func (p *Server) secondFactor(ctx context.Context, u *fsm.User, totp, recoveryCode string) (uint64, error) {
+	if p.threat.mfa == nil {
+		return 0, errors.New("MFA is not running")
+	}
+	return p.threat.mfa.SecondFactor(ctx, u, totp, recoveryCode)
 }
 
 // onApply forwards the FSM's changes to the detector runner.
@@ -79,6 +113,7 @@ func (t *threatParts) wait() { t.wg.Wait() }
 // webhook, mounts their endpoints, and runs them until ctx ends. Each does
 // work only while this server leads.
 func (p *Server) startThreat(ctx context.Context, log *slog.Logger) error {
+	p.startMFA()
 	tc := p.cfg.Threat
 	if tc.Disabled {
 		return nil
