@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -60,33 +61,61 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// reservePorts returns n distinct loopback ports that were free a moment ago:
-// each was bound on TCP and UDP (gossip uses both) and released. Servers that
-// are restarted need fixed addresses, so ":0" alone will not do.
+// reservePorts returns n loopback ports that were free a moment ago: each
+// was bound on TCP and UDP (gossip uses both) and released. Servers that are
+// restarted need fixed addresses, so ":0" alone will not do.
+//
+// The ports come from below the kernel's ephemeral range, so that neither an
+// outgoing connection nor another listener on ":0" takes one between its
+// reservation and its use, and no port is handed out twice in one run.
 func reservePorts(t testing.TB, n int) []int {
 	t.Helper()
-	var lns []io.Closer
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
+	portMu.Lock()
+	defer portMu.Unlock()
 	var ports []int
-	for len(ports) < n {
-		tl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("reserve port: %v", err)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 10000 {
+			t.Fatalf("reserve %d ports: no free port found", n)
 		}
-		lns = append(lns, tl)
-		port := tl.Addr().(*net.TCPAddr).Port
-		ul, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue // UDP side taken: try another
+		port := portLow + portRand.IntN(portHigh-portLow)
+		if portsUsed[port] {
+			continue
 		}
-		lns = append(lns, ul)
+		tl, err := net.Listen("tcp", loopback(port))
+		if err != nil {
+			continue
+		}
+		ul, err := net.ListenPacket("udp", loopback(port))
+		tl.Close()
+		if err != nil {
+			continue
+		}
+		ul.Close()
+		portsUsed[port] = true
 		ports = append(ports, port)
 	}
 	return ports
+}
+
+// The port range reservePorts draws from: [20000, 32000), or the 12000
+// ports below the ephemeral range when that starts lower.
+var (
+	portMu            sync.Mutex
+	portsUsed         = map[int]bool{}
+	portRand          = mathrand.New(mathrand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
+	portLow, portHigh = portRange()
+)
+
+func portRange() (int, int) {
+	low, high := 20000, 32000
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var lo, hi int
+		if _, err := fmt.Sscan(string(b), &lo, &hi); err == nil && lo > 2048 && lo < high {
+			high = lo
+			low = max(1024, lo-12000)
+		}
+	}
+	return low, high
 }
 
 func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
