@@ -50,6 +50,7 @@ type auditBatcher struct {
 	loopDone chan struct{}
 	once     sync.Once
 	dropped  atomic.Uint64
+	pending  atomic.Int64 // entries added and not yet delivered (or dropped)
 	// committed counts entries the cluster acknowledged (benchmarks, tests).
 	committed atomic.Uint64
 }
@@ -79,6 +80,7 @@ func (b *auditBatcher) Add(in fsm.AuditInput) {
 func (b *auditBatcher) AddLoginFailure(f fsm.LoginFailure) { b.enqueue(batchItem{fail: &f}) }
 
 func (b *auditBatcher) enqueue(it batchItem) {
+	b.pending.Add(1)
 	select {
 	case b.in <- it:
 		return
@@ -89,6 +91,7 @@ func (b *auditBatcher) enqueue(it batchItem) {
 	select {
 	case b.in <- it:
 	case <-t.C:
+		b.pending.Add(-1)
 		b.dropped.Add(1)
 		b.s.log.Error("audit buffer full for a second; dropping an entry")
 	}
@@ -122,7 +125,7 @@ func (b *auditBatcher) loop() {
 		b.sem <- struct{}{}
 		b.inflight.Add(1)
 		go func() {
-			defer func() { <-b.sem; b.inflight.Done() }()
+			defer func() { <-b.sem; b.inflight.Done(); b.pending.Add(-int64(body.size())) }()
 			b.deliver(body)
 		}()
 	}

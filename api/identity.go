@@ -270,3 +270,9 @@ func isErr(err error, status int) bool {
 	var ae *Error
 	return errors.As(err, &ae) && ae.Status == status
 }
+
+// AuditIdle reports whether the audit batcher holds nothing undelivered
+// (tests wait on it instead of sleeping).
+func (s *Server) AuditIdle() bool {
+	return s.id == nil || s.id.audit.pending.Load() == 0
+}
