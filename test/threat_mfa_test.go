@@ -75,7 +75,7 @@ func TestThreatMFALogin(t *testing.T) {
 		t.Skip("system test: skipped with -short")
 	}
 	_, n, op := threatServer(t, func(c *server.Config) {
-		c.Identity.LockoutFailures = 50           // this test fails logins on purpose
+		c.Identity.LockoutFailures = 50         // this test fails logins on purpose
 		c.Threat.Detect.BruteForceFailures = 50 // and is not an attack
 	})
 	api := newAPIClient(scaled(10 * time.Second))
