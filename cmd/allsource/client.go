@@ -27,7 +27,7 @@ type client struct {
 func clientFlags(fs *flag.FlagSet) *client {
 	c := &client{http: &http.Client{Timeout: 60 * time.Second}}
 	fs.StringVar(&c.addr, "addr", "http://127.0.0.1:8080", "server API address")
-	fs.StringVar(&c.token, "token", "", "credential (operator token, JWT or API key)")
+	fs.StringVar(&c.token, "token", savedToken(), "credential (operator token, JWT or API key; default: the token saved by 'allsource login -save')")
 	fs.BoolVar(&c.asJSON, "json", false, "print raw JSON")
 	return c
 }
