@@ -76,6 +76,7 @@ type Runner struct {
 	dirty  map[string]struct{}
 	wake   chan struct{}
 
+	progress sync.Map // tenant → last seq analysed in the current term
 	leading  atomic.Bool
 	ready    atomic.Bool // warm-up done in the current term
 	analysed atomic.Uint64
@@ -177,6 +178,15 @@ func (r *Runner) Leading() bool { return r.leading.Load() && r.ready.Load() }
 // Analysed returns how many entries were analysed live by this server.
 func (r *Runner) Analysed() uint64 { return r.analysed.Load() }
 
+// AnalysedTo returns the sequence number up to which tenant's chain has been
+// analysed in the current leadership term (0 when not leading).
+func (r *Runner) AnalysedTo(tenant string) uint64 {
+	if v, ok := r.progress.Load(tenant); ok {
+		return v.(uint64)
+	}
+	return 0
+}
+
 // Recorded returns how many anomalies this server recorded.
 func (r *Runner) Recorded() uint64 { return r.recorded.Load() }
 
@@ -213,6 +223,7 @@ func (r *Runner) setActive(on bool) {
 	r.leading.Store(on)
 	if !on {
 		r.ready.Store(false)
+		r.progress.Clear()
 	}
 }
 
@@ -433,6 +444,7 @@ func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) erro
 		}
 		r.analysed.Add(uint64(len(page)))
 		r.metrics.entries.Add(float64(len(page)))
+		r.progress.Store(tenant, st.cursor[tenant])
 		if len(page) < analysePage {
 			return nil
 		}
