@@ -106,11 +106,12 @@ func startEdgeClusterB(b *testing.B) (*inprocCluster, string) {
 	c := newInprocCluster(b)
 	api := newAPIClient(scaled(10 * time.Second))
 	n1 := c.add("s1")
+	n2, n3 := c.add("s2", n1.addr()), c.add("s3", n1.addr())
+	shareRootKey(b, n1, n2, n3)
 	c.start(n1)
 	tok := operatorToken(b, n1)
-	for _, id := range []string{"s2", "s3"} {
-		c.start(c.add(id, n1.addr()))
-	}
+	c.start(n2)
+	c.start(n3)
 	for _, n := range c.running() {
 		waitFor(b, 30*time.Second, n.id()+" to see 3 voters", func() bool {
 			ms, err := api.members(n.addr(), tok)

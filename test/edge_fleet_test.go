@@ -28,6 +28,7 @@ func TestEdgeFleetLimit(t *testing.T) {
 	// the threat detector's automatic responses act on (they would revoke
 	// the key mid-measurement): this test measures the limiter alone.
 	n1.cfg.Threat.Disabled = true
+	shareRootKey(t, n1)
 	c.start(n1)
 	tok := operatorToken(t, n1)
 	id := newIdentity(t, c, tok)

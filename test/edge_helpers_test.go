@@ -1,8 +1,6 @@
 package test
 
 import (
-	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -20,8 +19,8 @@ import (
 
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/enforcement"
-	"github.com/allsource/guard/fsm"
 	"github.com/allsource/guard/internal/edge"
+	"github.com/allsource/guard/kms"
 )
 
 // ---- edges ----
@@ -136,27 +135,39 @@ func echoUpstream(t testing.TB) *httptest.Server {
 
 // ---- identity state ----
 
-// identity creates users, API keys, signing keys and IP rules on the
-// cluster. It proposes the state machine's commands on the leader as the
-// operator (what the identity API does after its checks), and holds the
-// API-key pepper the servers hand to edges.
+// identity creates tenants, users, API keys and IP rules through the
+// servers' HTTP API as the operator, and logs users in, the way an
+// administrator and clients do. The servers must share a KMS root key
+// (shareRootKey) so that each can unwrap the pepper and signing keys.
 type identity struct {
-	c      *inprocCluster
-	tok    string // operator token
-	pepper []byte
-	p      *auth.Pepper
-	signer *auth.SigningKey
-	api    *apiClient
-	last   uint64 // index of the newest acknowledged write
+	c    *inprocCluster
+	tok  string // operator token
+	api  *apiClient
+	last uint64 // index of the newest acknowledged write
+}
+
+// edgeTestRootKey gives every configured server of c the same KMS root key
+// and test-strength Argon2 (logins in milliseconds).
+func shareRootKey(t testing.TB, nodes ...*inprocNode) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kms-root.key")
+	if _, err := kms.InitLocalRootKey(path); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		n.cfg.KMSLocalKeyFile = path
+		n.cfg.Identity.ArgonMemoryKiB, n.cfg.Identity.ArgonTime, n.cfg.Identity.AllowWeakArgon = 64, 1, true
+	}
+}
+
+func newIdentity(t testing.TB, c *inprocCluster, tok string) *identity {
+	return &identity{c: c, tok: tok, api: newAPIClient(scaled(10 * time.Second))}
 }
 
 // waitEdgesCurrent waits until every edge's view reflects the newest write.
 func (id *identity) waitEdgesCurrent(t testing.TB, edges ...*enforcement.Edge) {
 	t.Helper()
 	want := id.last
-	for _, n := range id.c.running() {
-		want = max(want, n.srv.Node().AppliedIndex())
-	}
 	waitFor(t, 20*time.Second, fmt.Sprintf("every edge to reach index %d", want), func() bool {
 		for _, e := range edges {
 			if v := e.Pipeline().View(); v == nil || v.Index < want {
@@ -167,122 +178,107 @@ func (id *identity) waitEdgesCurrent(t testing.TB, edges ...*enforcement.Edge) {
 	})
 }
 
-type staticSecrets struct{ pepper []byte }
-
-func (s staticSecrets) APIKeyPepper() ([]byte, bool)        { return s.pepper, true }
-func (s staticSecrets) SigningSecret(string) ([]byte, bool) { return nil, false }
-
-func newIdentity(t testing.TB, c *inprocCluster, tok string) *identity {
+// call sends an operator request to the leader, retrying while the cluster
+// answers 503 (a leader still loading its key material, an election), and
+// fails the test unless the answer is want. It records the write's index.
+func (id *identity) call(t testing.TB, want int, method, path string, body any) *resp {
 	t.Helper()
-	id := &identity{c: c, tok: tok, pepper: make([]byte, 32), api: newAPIClient(scaled(10 * time.Second))}
-	_, _ = rand.Read(id.pepper)
-	var err error
-	if id.p, err = auth.NewPepper(id.pepper); err != nil {
-		t.Fatal(err)
+	var r *resp
+	waitFor(t, 20*time.Second, method+" "+path, func() bool {
+		l := id.c.leader(t)
+		var err error
+		r, err = id.api.call(method, l.addr(), path, id.tok, body)
+		return err == nil && r.Status != http.StatusServiceUnavailable
+	})
+	if r.Status != want {
+		t.Fatalf("%s %s: want %d, got %s", method, path, want, r)
 	}
-	id.installPepper()
-	if id.signer, err = auth.GenerateSigningKey(nil, "edge-test-k1", time.Now()); err != nil {
-		t.Fatal(err)
+	if i, ok := r.index(); ok {
+		id.last = max(id.last, i)
 	}
-	id.apply(t, fsm.CmdAddSigningKey, &fsm.AddSigningKeyCmd{KID: id.signer.KID, Alg: auth.AlgEdDSA,
-		PublicKey: id.signer.Ed25519PrivateKey().Public().(ed25519.PublicKey), Wrapped: []byte("test: not wrapped"), KeyRef: "test"})
-	return id
+	return r
 }
 
-// installPepper gives every running server the pepper (a server unwraps it
-// from the state at start; call again after restarts).
-func (id *identity) installPepper() {
-	for _, n := range id.c.running() {
-		n.srv.Watch().SetSecrets(staticSecrets{pepper: id.pepper})
+func (id *identity) createTenant(t testing.TB, tenant string, rpm, burst int) {
+	t.Helper()
+	id.call(t, http.StatusCreated, http.MethodPost, "/v1/tenants", map[string]string{"id": tenant, "tier": "unlimited"})
+	if rpm > 0 {
+		id.call(t, http.StatusOK, http.MethodPut, "/v1/tenants/"+tenant+"/rate-limit", map[string]int{"requests_per_minute": rpm, "burst": burst})
 	}
 }
 
-var operatorP = fsm.Principal{Kind: fsm.PrincipalOperator, ID: "root", Name: "operator", Role: auth.RoleOperator}
-
-// apply proposes a command on the leader and returns its index once the
-// leader acknowledged it.
-func (id *identity) apply(t testing.TB, typ fsm.CommandType, payload any) uint64 {
+func (id *identity) createAPIKey(t testing.TB, tenant string, role auth.Role) (raw, keyID string) {
 	t.Helper()
-	l := id.c.leader(t)
-	c, err := fsm.NewCommand(typ, fsm.Header{Principal: operatorP, Time: time.Now().UnixNano()}, payload)
-	if err != nil {
-		t.Fatal(err)
+	var out struct{ ID, Key string }
+	id.call(t, http.StatusCreated, http.MethodPost, "/v1/tenants/"+tenant+"/api-keys",
+		map[string]string{"name": "edge-test", "role": string(role)}).decode(t, &out)
+	if out.Key == "" || out.ID == "" {
+		t.Fatalf("create API key: no key in the answer")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), scaled(10*time.Second))
-	defer cancel()
-	res, err := l.srv.Node().Apply(ctx, c)
-	if err == nil {
-		err = res.Error()
+	return out.Key, out.ID
+}
+
+func (id *identity) revokeAPIKey(t testing.TB, tenant, keyID string) uint64 {
+	t.Helper()
+	r := id.call(t, http.StatusOK, http.MethodDelete, "/v1/tenants/"+tenant+"/api-keys/"+keyID, nil)
+	i, _ := r.index()
+	return i
+}
+
+const testPassword = "correct-horse-battery-42"
+
+// createUser creates a user and returns its id and username.
+func (id *identity) createUser(t testing.TB, tenant string, role auth.Role) (string, string) {
+	t.Helper()
+	name := "u" + newID()[:10]
+	var out struct{ ID string }
+	id.call(t, http.StatusCreated, http.MethodPost, "/v1/tenants/"+tenant+"/users",
+		map[string]string{"username": name, "password": testPassword, "role": string(role)}).decode(t, &out)
+	return out.ID, name
+}
+
+// login signs a user in and returns the access token.
+func (id *identity) login(t testing.TB, tenant, username string) string {
+	t.Helper()
+	var out struct {
+		AccessToken string `json:"access_token"`
 	}
-	if err != nil {
-		t.Fatalf("%s: %v", typ, err)
+	var r *resp
+	waitFor(t, 20*time.Second, "login of "+username, func() bool {
+		var err error
+		r, err = id.api.call(http.MethodPost, id.c.leader(t).addr(), "/v1/auth/login", "",
+			map[string]string{"tenant": tenant, "username": username, "password": testPassword})
+		return err == nil && r.Status != http.StatusServiceUnavailable
+	})
+	if r.Status != http.StatusOK {
+		t.Fatalf("login: %s", r)
 	}
-	id.last = max(id.last, res.Index)
-	return res.Index
+	r.decode(t, &out)
+	return out.AccessToken
+}
+
+func (id *identity) blockCIDR(t testing.TB, tenant, cidr string) uint64 {
+	t.Helper()
+	path := "/v1/ip-rules"
+	if tenant != "" {
+		path = "/v1/tenants/" + tenant + "/ip-rules"
+	}
+	r := id.call(t, http.StatusCreated, http.MethodPost, path, map[string]string{"cidr": cidr, "action": "block", "note": "edge test"})
+	i, _ := r.index()
+	return i
+}
+
+func (id *identity) suspend(t testing.TB, tenant string) uint64 {
+	t.Helper()
+	r := id.call(t, http.StatusOK, http.MethodPost, "/v1/tenants/"+tenant+"/suspend", nil)
+	i, _ := r.index()
+	return i
 }
 
 func newID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-func (id *identity) createTenant(t testing.TB, tenant string, rpm, burst int) {
-	t.Helper()
-	l := id.c.leader(t)
-	r := id.api.must(t, http.StatusCreated, http.MethodPost, l.addr(), "/v1/tenants", id.tok, map[string]string{"id": tenant, "tier": "unlimited"})
-	if rpm > 0 {
-		r = id.api.must(t, http.StatusOK, http.MethodPut, l.addr(), "/v1/tenants/"+tenant+"/rate-limit", id.tok,
-			map[string]int{"requests_per_minute": rpm, "burst": burst})
-	}
-	if i, ok := r.index(); ok {
-		id.last = max(id.last, i)
-	}
-}
-
-func (id *identity) createAPIKey(t testing.TB, tenant string, role auth.Role) (raw, keyID string) {
-	t.Helper()
-	raw, k, err := auth.NewAPIKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id.apply(t, fsm.CmdCreateAPIKey, &fsm.CreateAPIKeyCmd{ID: k.ID, Tenant: tenant, Name: "test", Role: role, Hash: id.p.HashAPIKey(k)})
-	return raw, k.ID
-}
-
-func (id *identity) revokeAPIKey(t testing.TB, tenant, keyID string) uint64 {
-	return id.apply(t, fsm.CmdRevokeAPIKey, &fsm.RevokeAPIKeyCmd{Tenant: tenant, ID: keyID})
-}
-
-func (id *identity) createUser(t testing.TB, tenant string, role auth.Role) string {
-	t.Helper()
-	uid := newID()
-	id.apply(t, fsm.CmdCreateUser, &fsm.CreateUserCmd{ID: uid, Tenant: tenant, Username: "u" + uid[:8], Role: role,
-		PasswordHash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"})
-	return uid
-}
-
-// mintToken signs an access token for a user the way the servers do.
-func (id *identity) mintToken(t testing.TB, tenant, userID string, role auth.Role) string {
-	t.Helper()
-	// iat is whole seconds and tokens_valid_after is rounded up: a token
-	// minted in the second the user was created would be refused.
-	now := time.Now().Add(time.Second)
-	tok, err := auth.Mint(auth.Claims{Subject: userID, TenantID: tenant, Role: role, Issuer: enforcement.DefaultIssuer,
-		Audience: []string{enforcement.DefaultAudience}, IssuedAt: now, ExpiresAt: now.Add(time.Hour), ID: newID(),
-		Use: auth.TokenAccess}, id.signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-func (id *identity) blockCIDR(t testing.TB, tenant, cidr string) uint64 {
-	return id.apply(t, fsm.CmdAddIPRule, &fsm.AddIPRuleCmd{ID: newID(), Tenant: tenant, CIDR: cidr, Action: fsm.IPBlock, Note: "test"})
-}
-
-func (id *identity) suspend(t testing.TB, tenant string) uint64 {
-	return id.apply(t, fsm.CmdSetTenantStatus, &fsm.SetTenantStatusCmd{ID: tenant, Status: fsm.TenantSuspended})
 }
 
 // ---- propagation ----
