@@ -140,13 +140,13 @@ func echoUpstream(t testing.TB) *httptest.Server {
 // administrator and clients do. The servers must share a KMS root key
 // (shareRootKey) so that each can unwrap the pepper and signing keys.
 type identity struct {
-	c    *inprocCluster
-	tok  string // operator token
-	api  *apiClient
-	last uint64 // index of the newest acknowledged write
+	tok        string // operator token
+	api        *apiClient
+	leaderAddr func(testing.TB) string
+	last       uint64 // index of the newest acknowledged write
 }
 
-// edgeTestRootKey gives every configured server of c the same KMS root key
+// shareRootKey gives the configured servers the same KMS root key
 // and test-strength Argon2 (logins in milliseconds).
 func shareRootKey(t testing.TB, nodes ...*inprocNode) {
 	t.Helper()
@@ -161,7 +161,8 @@ func shareRootKey(t testing.TB, nodes ...*inprocNode) {
 }
 
 func newIdentity(t testing.TB, c *inprocCluster, tok string) *identity {
-	return &identity{c: c, tok: tok, api: newAPIClient(scaled(10 * time.Second))}
+	return &identity{tok: tok, api: newAPIClient(scaled(10 * time.Second)),
+		leaderAddr: func(t testing.TB) string { return c.leader(t).addr() }}
 }
 
 // waitEdgesCurrent waits until every edge's view reflects the newest write.
@@ -185,9 +186,8 @@ func (id *identity) call(t testing.TB, want int, method, path string, body any) 
 	t.Helper()
 	var r *resp
 	waitFor(t, 20*time.Second, method+" "+path, func() bool {
-		l := id.c.leader(t)
 		var err error
-		r, err = id.api.call(method, l.addr(), path, id.tok, body)
+		r, err = id.api.call(method, id.leaderAddr(t), path, id.tok, body)
 		return err == nil && r.Status != http.StatusServiceUnavailable
 	})
 	if r.Status != want {
@@ -246,7 +246,7 @@ func (id *identity) login(t testing.TB, tenant, username string) string {
 	var r *resp
 	waitFor(t, 20*time.Second, "login of "+username, func() bool {
 		var err error
-		r, err = id.api.call(http.MethodPost, id.c.leader(t).addr(), "/v1/auth/login", "",
+		r, err = id.api.call(http.MethodPost, id.leaderAddr(t), "/v1/auth/login", "",
 			map[string]string{"tenant": tenant, "username": username, "password": testPassword})
 		return err == nil && r.Status != http.StatusServiceUnavailable
 	})
