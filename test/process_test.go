@@ -149,14 +149,33 @@ func TestClusterProcesses(t *testing.T) {
 	tokenFile := filepath.Join(dir, "operator.token")
 	procs := map[string]*serverProc{}
 	var order []*serverProc
+	api := newAPIClient(scaled(10 * time.Second))
+	var tok string
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What each server thought of the cluster when the test gave up.
+			for _, p := range order {
+				if !p.running() {
+					continue
+				}
+				show := func(path, token string) string {
+					r, err := api.call(http.MethodGet, p.http, path, token, nil)
+					if err != nil {
+						return err.Error()
+					}
+					return r.String()
+				}
+				t.Logf("--- %s: health %s; members %s", p.id, show("/health", ""),
+					show("/v1/cluster/members?consistency=stale", tok))
+			}
+		}
 		for _, p := range order {
 			p.kill(t)
 		}
 		if t.Failed() {
 			for _, p := range order {
 				b, _ := os.ReadFile(p.logPath)
-				t.Logf("--- last stderr lines of %s (%s):\n%s", p.id, p.logPath, tailLines(string(b), 60))
+				t.Logf("--- last stderr lines of %s (%s):\n%s", p.id, p.logPath, tailLines(string(b), 80))
 			}
 		}
 	})
@@ -170,11 +189,9 @@ func TestClusterProcesses(t *testing.T) {
 		order = append(order, p)
 		return p
 	}
-	api := newAPIClient(scaled(10 * time.Second))
 
 	n1 := add("n1", "-bootstrap", "-operator-token-file", tokenFile)
 	n1.start(t)
-	var tok string
 	waitFor(t, 30*time.Second, "n1 to write the operator token file", func() bool {
 		b, err := os.ReadFile(tokenFile)
 		tok = strings.TrimSpace(string(b))
