@@ -30,7 +30,7 @@ import (
 //	{"type":"changes","index":I,"records":[…]}      records changed by the batch ending at I (> J or > since)
 //	{"type":"secrets","records":[…]}                sealed secrets that changed (e.g. the pepper appeared)
 //	{"type":"heartbeat","index":I,"applied":A,"time":ms}  the edge is current up to I
-//	{"type":"closing","reason":"reset"|"overflow"|…}  the server ends the stream; reset: resync in full
+//	{"type":"closing","reason":"reset"|"overflow"|"no_leader"|"shutdown"}  the server ends the stream; reset: resync in full
 //
 // A record with "deleted":true removes the record (a deleted tenant takes its
 // users, keys, rules and limit with it).
@@ -42,7 +42,22 @@ const (
 	// frame write timeout: a stream that cannot take a frame for this long
 	// is dropped (its edge reconnects and resumes).
 	watchWriteTimeout = 15 * time.Second
+	// watchLeaderless: a follower that has not heard from a leader for this
+	// long cannot vouch that its view is current; it sends its edges to
+	// another server (and refuses new streams) until it does.
+	watchLeaderless = 3 * time.Second
 )
+
+// servesCurrent reports whether this server can stand behind a stream: it
+// leads, or it follows a leader it heard from recently.
+func (s *Server) servesCurrent() bool {
+	if s.node.IsLeader() {
+		return true
+	}
+	id, _ := s.node.Leader()
+	lc := s.node.LastContact()
+	return id != "" && !lc.IsZero() && time.Since(lc) < watchLeaderless
+}
 
 // MountEdge mounts the edge endpoints backed by hub.
 func (s *Server) MountEdge(hub *WatchHub) {
@@ -85,7 +100,7 @@ func (s *Server) serveWatch(hub *WatchHub, w http.ResponseWriter, r *http.Reques
 		s.denyEdge(w, r)
 		return
 	}
-	if hub.fsm.Load() == nil || !s.node.CaughtUp() {
+	if hub.fsm.Load() == nil || !s.node.CaughtUp() || !s.servesCurrent() {
 		// A restarted server rebuilding its state would judge an edge's
 		// index against a partial state (and resync it for nothing).
 		s.writeError(w, r, apiErr(http.StatusServiceUnavailable, CodeUnavailable, "this server is catching up with the cluster; retry shortly"))
@@ -143,8 +158,12 @@ func (s *Server) serveWatch(hub *WatchHub, w http.ResponseWriter, r *http.Reques
 			flush()
 			return
 		}
-		if !write(snap.body) {
-			return
+		for b := snap.body; len(b) > 0; { // in pieces, each with its own write deadline
+			n := min(len(b), 1<<20)
+			if !write(b[:n]) {
+				return
+			}
+			b = b[n:]
 		}
 		if sec := hub.currentSecrets(); len(sec) > 0 {
 			write(encodeFrame(map[string]any{"type": "records", "records": sec}))
@@ -186,6 +205,11 @@ func (s *Server) serveWatch(hub *WatchHub, w http.ResponseWriter, r *http.Reques
 			return
 		case <-sub.notify:
 		case <-tick.C:
+			if !s.servesCurrent() {
+				write(encodeFrame(map[string]any{"type": "closing", "reason": "no_leader"}))
+				flush()
+				return
+			}
 			if l, ok := hub.drainedLatest(sub); ok && l > watermark {
 				watermark = l
 			}
