@@ -47,7 +47,7 @@ type IdentityConfig struct {
 	Lockout fsm.LockoutPolicy
 	// AuditBatch and AuditFlush bound the audit batcher: a batch is proposed
 	// at AuditBatch entries or AuditFlush after its first entry (defaults
-	// 2000 and 20 ms). AuditInflight bounds batches in flight (default 4).
+	// 500 and 20 ms; larger raft entries cost more than they save, see BENCHMARKS.md). AuditInflight bounds batches in flight (default 4).
 	AuditBatch    int
 	AuditFlush    time.Duration
 	AuditInflight int
@@ -85,7 +85,7 @@ func (c *IdentityConfig) defaults() {
 		c.Password = auth.DefaultPasswordPolicy
 	}
 	if c.AuditBatch <= 0 {
-		c.AuditBatch = 2000
+		c.AuditBatch = 500
 	}
 	if c.AuditFlush <= 0 {
 		c.AuditFlush = 20 * time.Millisecond

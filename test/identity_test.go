@@ -20,6 +20,7 @@ import (
 	"github.com/allsource/guard/api"
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/internal/server"
 	"github.com/allsource/guard/kms"
 )
 
@@ -28,7 +29,7 @@ import (
 
 // idEnv is a running 3-server cluster with the identity fixtures.
 type idEnv struct {
-	t     *testing.T
+	t     testing.TB
 	c     *inprocCluster
 	nodes []*inprocNode
 	op    string
@@ -38,7 +39,7 @@ type idEnv struct {
 
 // idCluster starts n servers sharing a KMS root key and waits until every one
 // holds the pepper and the active signing key.
-func idCluster(t *testing.T, n int, tweak func(*inprocNode)) *idEnv {
+func idCluster(t testing.TB, n int, tweak func(*inprocNode)) *idEnv {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "root.key")
 	if _, err := kms.InitLocalRootKey(root); err != nil {
@@ -825,4 +826,69 @@ func median(ds []time.Duration) time.Duration {
 		}
 	}
 	return s[len(s)/2]
+}
+
+// TestHS256Tokens: HS256 by configuration, with a secret of at least 32
+// bytes; a shorter one is refused at start.
+func TestHS256Tokens(t *testing.T) {
+	dir := t.TempDir()
+	short, long := filepath.Join(dir, "short"), filepath.Join(dir, "long")
+	if err := os.WriteFile(short, []byte("only-31-bytes-of-secret-0123456"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(long, []byte("a-secret-of-forty-bytes-0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := e2eConfigCheck(short)
+	if bad == nil || !strings.Contains(bad.Error(), "32 bytes") {
+		t.Fatalf("a 31-byte HS256 secret: Validate = %v, want a refusal naming 32 bytes", bad)
+	}
+	e := idCluster(t, 1, func(n *inprocNode) {
+		n.cfg.Identity.TokenAlg, n.cfg.Identity.HS256SecretFile = "HS256", long
+	})
+	e.must(201, 0, "POST", "/v1/tenants", e.opCred(), map[string]string{"id": "acme"}, nil)
+	e.createUser("acme", "ann", "admin")
+	tok := e.login("acme", "ann", "pw-ann-correct-horse").AccessToken
+	if h, err := auth.ParseUnverifiedHeader(tok); err != nil || h.Alg != auth.AlgHS256 {
+		t.Fatalf("token header %+v, %v: want HS256", h, err)
+	}
+	e.must(200, 0, "GET", "/v1/auth/me", bearerCred("ann", tok), nil, nil)
+	var jwks struct {
+		Keys []any `json:"keys"`
+	}
+	e.must(200, 0, "GET", "/.well-known/jwks.json", cred{}, nil, &jwks)
+	if len(jwks.Keys) != 0 {
+		t.Fatalf("JWKS publishes %d keys for an HS256 cluster; HS256 secrets are never published", len(jwks.Keys))
+	}
+	// A token signed with another secret is refused.
+	c := claimsOf(t, tok)
+	k, _ := auth.NewHS256SigningKey(mustKID(t, tok), []byte("another-secret-of-forty-bytes-012345678"), time.Now())
+	forged, err := auth.Mint(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := e.call(0, "GET", "/v1/auth/me", bearerCred("forged", forged), nil); r.status != 401 {
+		t.Fatalf("HS256 token with the wrong secret: %s", r)
+	}
+}
+
+func mustKID(t *testing.T, tok string) string {
+	h, err := auth.ParseUnverifiedHeader(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.KID
+}
+
+// e2eConfigCheck validates a server configuration that uses secretFile as
+// its HS256 secret.
+func e2eConfigCheck(secretFile string) error {
+	cfg := newTestServerConfig()
+	cfg.Identity.TokenAlg, cfg.Identity.HS256SecretFile = "HS256", secretFile
+	return cfg.Validate()
+}
+
+func newTestServerConfig() server.Config {
+	return server.Config{NodeID: "v1", DataDir: os.TempDir(), HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, JoinToken: testJoinToken, LogFormat: "text", MaxBodyBytes: 1 << 20}
 }

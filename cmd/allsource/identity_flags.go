@@ -23,6 +23,6 @@ func identityFlags(fs *flag.FlagSet, c *server.Config) {
 	fs.IntVar(&id.MaxHashes, "max-concurrent-hashes", 0, "password hashes computed at once; more logins queue (default GOMAXPROCS)")
 	fs.IntVar(&id.LockoutFailures, "lockout-failures", 0, "failed logins that lock an account (default 5)")
 	fs.DurationVar(&id.LockoutWindow, "lockout-window", 0, "window of -lockout-failures, and how long the lock lasts (default 15m)")
-	fs.IntVar(&id.AuditBatch, "audit-batch", 0, "audit entries per group-commit batch (default 2000, at most 10000)")
+	fs.IntVar(&id.AuditBatch, "audit-batch", 0, "audit entries per group-commit batch (default 500, at most 10000)")
 	fs.DurationVar(&id.AuditFlush, "audit-flush", 0, "longest an audit entry waits for its batch (default 20ms)")
 }
