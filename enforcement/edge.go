@@ -63,6 +63,9 @@ type Config struct {
 	AuditFlushInterval time.Duration
 	AuditSpoolBytes    int64
 	TokenCacheSize     int
+	// Usage, when set, counts per-tenant demand and admissions (see
+	// PipelineConfig.Usage).
+	Usage UsageRecorder
 	// OnView, when set, is called after each new view is published (tests
 	// and embedding services that want to know when a change arrived).
 	OnView  func(*View)
@@ -152,7 +155,7 @@ func New(cfg Config) (*Edge, error) {
 	}
 	e.pipeline = NewPipeline(PipelineConfig{Clock: cfg.Clock, Resolver: resolver, Routes: cfg.Routes,
 		Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway, DevMode: cfg.DevMode,
-		TokenCacheSize: cfg.TokenCacheSize, Buckets: buckets, Demand: e.fleet.Meter(), Audit: e.shipper,
+		TokenCacheSize: cfg.TokenCacheSize, Buckets: buckets, Demand: e.fleet.Meter(), Audit: e.shipper, Usage: cfg.Usage,
 		MaxStaleness: cfg.MaxStaleness, Staleness: func() time.Duration { return e.replica.Staleness() }})
 	e.httpc = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		Proxy:           nil,
@@ -294,6 +297,20 @@ func (e *Edge) candidates() []string {
 		}
 	}
 	return all
+}
+
+// ServerURLs returns the servers' base URLs (scheme://host:port), the one
+// streaming to this edge first, for components that report to the servers.
+func (e *Edge) ServerURLs() []string {
+	addrs := e.candidates()
+	if s := e.replica.Server(); s != "" {
+		addrs = append([]string{s}, slices.DeleteFunc(addrs, func(a string) bool { return a == s })...)
+	}
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = e.cfg.Scheme + "://" + a
+	}
+	return out
 }
 
 // watchServers is the body of GET /v1/watch/servers.

@@ -38,6 +38,11 @@ type AuditSink interface {
 	KeyUsed(id string, at time.Time)
 }
 
+// UsageRecorder takes per-tenant usage on the hot path (must not block).
+type UsageRecorder interface {
+	Record(tenant string, cost int, admitted bool)
+}
+
 // PipelineConfig configures a Pipeline.
 type PipelineConfig struct {
 	Clock    Clock
@@ -55,6 +60,9 @@ type PipelineConfig struct {
 	Buckets        *Buckets
 	Demand         *DemandMeter // nil: no fleet demand measured
 	Audit          AuditSink    // nil: events are dropped
+	// Usage, when set, counts every rate-limited request's cost per tenant,
+	// admitted or not (the servers' adaptive limiter reads these reports).
+	Usage UsageRecorder
 	// MaxStaleness > 0 denies every request (503) once the view has not been
 	// confirmed by a server for that long; Staleness reports how long it has
 	// been (nil: always fresh).
@@ -248,6 +256,9 @@ func (p *Pipeline) Decide(r *Request) Decision {
 			p.cfg.Demand.Record(id.Tenant, cost)
 		}
 		d.Rate = p.cfg.Buckets.Allow(id.Tenant, Limit{RequestsPerMinute: ts.limit.RequestsPerMinute, Burst: ts.limit.Burst}, cost)
+		if p.cfg.Usage != nil {
+			p.cfg.Usage.Record(id.Tenant, cost, d.Rate.Allowed)
+		}
 		if !d.Rate.Allowed {
 			return p.deny(d, r, now, http.StatusTooManyRequests, CodeRateLimited, "rate limit exceeded; retry later", id.Tenant, fsm.ActionRateLimitExceeded, "rate_limit")
 		}

@@ -52,7 +52,7 @@ func newEdgeNode(t testing.TB, c *inprocCluster, id, upstream string, mut func(*
 	n.cfg = edge.Config{NodeID: id, DataDir: t.TempDir(), HTTPAddr: loopback(p[0]), GossipAddr: loopback(p[1]),
 		Join: seeds, Upstream: upstream, JoinToken: testJoinToken, TrustedProxies: []string{"127.0.0.0/8"},
 		LogLevel: "info", LogFormat: "text", Version: "system-test", FastGossip: true,
-		AuditFlushInterval: 100 * time.Millisecond}
+		AuditFlushInterval: 100 * time.Millisecond, UsageInterval: 200 * time.Millisecond}
 	if mut != nil {
 		mut(&n.cfg)
 	}

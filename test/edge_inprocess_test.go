@@ -252,6 +252,12 @@ func TestEdgesInProcess(t *testing.T) {
 				return false
 			})
 		}
+		// The edges report usage to the leader's adaptive limiter too.
+		waitFor(t, 20*time.Second, "usage reports from the edges on the leader", func() bool {
+			r, err := api.call(http.MethodGet, l.addr(), "/metrics", tok, nil)
+			return err == nil && strings.Contains(string(r.Body), `route="POST /v1/internal/usage"`) &&
+				strings.Contains(string(r.Body), `code="204"`)
+		})
 		// A global block is decided before authentication: it goes to the
 		// cluster's own chain (tenant ""), which only the operator reads.
 		waitFor(t, 20*time.Second, "ip_blocked entries from the edges in the cluster chain", func() bool {

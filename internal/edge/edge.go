@@ -21,6 +21,7 @@ import (
 	"github.com/allsource/guard/cluster"
 	"github.com/allsource/guard/enforcement"
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/threat"
 )
 
 // Config is every setting of `allsource edge`, from flags and env.
@@ -53,6 +54,9 @@ type Config struct {
 	Fleet              enforcement.FleetConfig
 	AuditFlushInterval time.Duration
 	AuditSpoolBytes    int64
+	// UsageInterval is how often usage is reported to the servers' adaptive
+	// limiter (default 5 s).
+	UsageInterval time.Duration
 	// Clock, for tests; nil is the system clock.
 	Clock enforcement.Clock
 
@@ -166,6 +170,9 @@ type Edge struct {
 	gossip *cluster.Gossip
 	http   *http.Server
 	ln     net.Listener
+
+	stopUsage context.CancelFunc
+	usageDone chan struct{}
 }
 
 // Start starts an edge from a validated Config: it loads the persisted view
@@ -194,7 +201,8 @@ func Start(cfg Config, log *slog.Logger) (*Edge, error) {
 			AllowedMethods: []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"},
 			ExposedHeaders: []string{"X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"}}
 	}
-	e, err := enforcement.New(enforcement.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, JoinToken: cfg.JoinToken,
+	usage := threat.NewUsageMeter()
+	e, err := enforcement.New(enforcement.Config{NodeID: cfg.NodeID, Usage: usage, DataDir: cfg.DataDir, JoinToken: cfg.JoinToken,
 		Servers: cfg.Join, Scheme: scheme, ClientTLS: clientTLS, Upstream: cfg.upstream, CheckPath: cfg.CheckPath,
 		MaxStaleness: cfg.MaxStaleness, TrustedProxies: cfg.trusted, Routes: cfg.routes, Issuer: cfg.Issuer,
 		Audience: cfg.Audience, DevMode: cfg.Dev, CORS: cors, Fleet: cfg.Fleet, AuditFlushInterval: cfg.AuditFlushInterval,
@@ -221,6 +229,19 @@ func Start(cfg Config, log *slog.Logger) (*Edge, error) {
 		p.gossip = g
 		e.SetMembership(membership{g}, func(addrs []string) error { _, err := g.Join(addrs); return err })
 	}
+	// Usage reports for the servers' adaptive rate limits (DESIGN.md §7).
+	cpu := &threat.CPUSampler{}
+	rep, err := threat.NewUsageReporter(threat.UsageReporterConfig{Edge: cfg.NodeID, Meter: usage, Servers: e.ServerURLs,
+		JoinToken: cfg.JoinToken, Interval: cfg.UsageInterval, Client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS}},
+		Load: func() threat.Load { return threat.Load{CPU: cpu.Sample()} }, Logger: log})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stopUsage = cancel
+	p.usageDone = make(chan struct{})
+	go func() { defer close(p.usageDone); rep.Run(ctx) }()
 	p.http = &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() {
@@ -257,6 +278,10 @@ func (p *Edge) Close() error {
 	err := p.http.Shutdown(ctx)
 	if p.gossip != nil {
 		_ = p.gossip.Leave(time.Second)
+	}
+	if p.stopUsage != nil {
+		p.stopUsage()
+		<-p.usageDone
 	}
 	if cerr := p.edge.Close(); err == nil {
 		err = cerr
