@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -40,8 +39,7 @@ type Shipper struct {
 	order   []string
 	dropped atomic.Uint64 // aggregation overflow and refused batches
 
-	seed  maphash.Seed
-	uses  [32]useShard
+	uses  sync.Map // key id → *useCell: counted without a lock on the request path
 	stats struct {
 		shipped, batches, failures atomic.Uint64
 	}
@@ -78,10 +76,9 @@ type aggEntry struct {
 	last  time.Time
 }
 
-type useShard struct {
-	mu sync.Mutex
-	m  map[string]*fsm.KeyUse
-	_  [40]byte
+type useCell struct {
+	count atomic.Uint64
+	last  atomic.Int64 // unix nanos of the latest use
 }
 
 // NewShipper opens the spool (loading batches left by a previous run).
@@ -109,10 +106,7 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 		return nil, err
 	}
 	s := &Shipper{cfg: cfg, log: cfg.Logger.With("component", "audit-shipper"), spool: sp, agg: map[string]*aggEntry{},
-		seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{})}
-	for i := range s.uses {
-		s.uses[i].m = map[string]*fsm.KeyUse{}
-	}
+		stop: make(chan struct{}), done: make(chan struct{})}
 	if n, e, _, _ := sp.stats(); n > 0 {
 		s.log.Info("audit batches left in the spool by a previous run will be shipped", "batches", n, "entries", e)
 	}
@@ -140,20 +134,22 @@ func (s *Shipper) Record(e fsm.AuditInput) {
 	s.order = append(s.order, key)
 }
 
-// KeyUsed counts one authenticated use of an API key.
+// KeyUsed counts one authenticated use of an API key (lock-free once the
+// key has a cell: a map load and two atomics).
 func (s *Shipper) KeyUsed(id string, at time.Time) {
-	sh := &s.uses[maphash.String(s.seed, id)%32]
-	sh.mu.Lock()
-	u := sh.m[id]
-	if u == nil {
-		u = &fsm.KeyUse{ID: id}
-		sh.m[id] = u
+	v, ok := s.uses.Load(id)
+	if !ok {
+		v, _ = s.uses.LoadOrStore(id, &useCell{})
 	}
-	u.Count++
-	if at.After(u.LastUsed) {
-		u.LastUsed = at
+	c := v.(*useCell)
+	c.count.Add(1)
+	ns := at.UnixNano()
+	for {
+		old := c.last.Load()
+		if ns <= old || c.last.CompareAndSwap(old, ns) {
+			return
+		}
 	}
-	sh.mu.Unlock()
 }
 
 // Run flushes and ships until Close.
@@ -278,17 +274,18 @@ func (s *Shipper) cut() []cutBatch {
 	s.agg, s.order = make(map[string]*aggEntry, len(agg)), nil
 	s.mu.Unlock()
 	var uses []fsm.KeyUse
-	for i := range s.uses {
-		sh := &s.uses[i]
-		sh.mu.Lock()
-		if len(sh.m) > 0 {
-			for _, u := range sh.m {
-				uses = append(uses, *u)
-			}
-			sh.m = map[string]*fsm.KeyUse{}
+	s.uses.Range(func(k, v any) bool {
+		c := v.(*useCell)
+		// Swap the count out; a cell with nothing new since the last cut
+		// is dropped, so idle keys do not accumulate (a use racing with
+		// that delete may be lost: key use is coarse, last-used tracking).
+		if n := c.count.Swap(0); n > 0 {
+			uses = append(uses, fsm.KeyUse{ID: k.(string), Count: n, LastUsed: time.Unix(0, c.last.Load()).UTC()})
+		} else {
+			s.uses.CompareAndDelete(k, v)
 		}
-		sh.mu.Unlock()
-	}
+		return true
+	})
 	if len(order) == 0 && len(uses) == 0 {
 		return nil
 	}

@@ -15,20 +15,22 @@ import (
 // every entry. Revocation, the user's status and tokens_valid_after, and the
 // tenant's status are not cached: the pipeline checks them on every request.
 //
-// Bounded: at most max entries, in 64 shards; a full shard drops expired
-// entries, then arbitrary ones (map order), to make room.
+// Lookups take no lock (sync.Map per shard). Bounded: at most about max
+// entries in 64 shards; a full shard drops expired entries, then arbitrary
+// ones, to make room (concurrent inserts may overshoot by a few).
 type tokenCache struct {
 	seed   maphash.Seed
-	per    int
+	per    int64
 	shards [64]tokenShard
 	hits   atomic.Uint64
 	misses atomic.Uint64
 }
 
 type tokenShard struct {
-	mu sync.RWMutex
-	m  map[string]*verifiedToken
-	_  [40]byte
+	m     sync.Map // token → *verifiedToken
+	n     atomic.Int64
+	evict sync.Mutex // one evictor per shard at a time
+	_     [32]byte
 }
 
 // verifiedToken is what the pipeline needs of a verified token's claims.
@@ -43,11 +45,7 @@ func newTokenCache(max int) *tokenCache {
 	if max <= 0 {
 		max = 65536
 	}
-	c := &tokenCache{seed: maphash.MakeSeed(), per: max/64 + 1}
-	for i := range c.shards {
-		c.shards[i].m = make(map[string]*verifiedToken)
-	}
-	return c
+	return &tokenCache{seed: maphash.MakeSeed(), per: int64(max/64 + 1)}
 }
 
 func (c *tokenCache) shard(tok string) *tokenShard {
@@ -57,11 +55,13 @@ func (c *tokenCache) shard(tok string) *tokenShard {
 // get returns the entry for tok when it was verified against keyGen and has
 // not expired at now (unix seconds, leeway applied by the caller).
 func (c *tokenCache) get(tok string, keyGen uint64, now int64) (*verifiedToken, bool) {
-	s := c.shard(tok)
-	s.mu.RLock()
-	e := s.m[tok]
-	s.mu.RUnlock()
-	if e == nil || e.keyGen != keyGen || now >= e.exp {
+	v, ok := c.shard(tok).m.Load(tok)
+	if !ok {
+		c.misses.Add(1)
+		return nil, false
+	}
+	e := v.(*verifiedToken)
+	if e.keyGen != keyGen || now >= e.exp {
 		c.misses.Add(1)
 		return nil, false
 	}
@@ -71,31 +71,36 @@ func (c *tokenCache) get(tok string, keyGen uint64, now int64) (*verifiedToken, 
 
 func (c *tokenCache) put(tok string, e *verifiedToken, now int64) {
 	s := c.shard(tok)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.m) >= c.per {
-		for k, old := range s.m {
-			if now >= old.exp {
-				delete(s.m, k)
+	if s.n.Load() >= c.per {
+		s.evict.Lock()
+		s.m.Range(func(k, v any) bool {
+			if now >= v.(*verifiedToken).exp {
+				if _, loaded := s.m.LoadAndDelete(k); loaded {
+					s.n.Add(-1)
+				}
 			}
-		}
-		for k := range s.m {
-			if len(s.m) < c.per {
-				break
+			return true
+		})
+		s.m.Range(func(k, _ any) bool {
+			if s.n.Load() < c.per {
+				return false
 			}
-			delete(s.m, k)
-		}
+			if _, loaded := s.m.LoadAndDelete(k); loaded {
+				s.n.Add(-1)
+			}
+			return true
+		})
+		s.evict.Unlock()
 	}
-	s.m[tok] = e
+	if _, loaded := s.m.Swap(tok, e); !loaded {
+		s.n.Add(1)
+	}
 }
 
 func (c *tokenCache) len() int {
-	n := 0
+	n := int64(0)
 	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.RLock()
-		n += len(s.m)
-		s.mu.RUnlock()
+		n += c.shards[i].n.Load()
 	}
-	return n
+	return int(n)
 }
