@@ -53,7 +53,11 @@ func startServer(t *testing.T, dev bool) *testServer {
 	tokCh := make(chan string, 1)
 	cfg := server.Config{NodeID: "n1", DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
 		Bootstrap: true, JoinToken: joinToken, QuietToken: true, Dev: dev, LogFormat: "text", MaxBodyBytes: 64 << 10,
-		OnOperatorToken: func(tok string) { tokCh <- tok }}
+		OnOperatorToken: func(tok string) { tokCh <- tok },
+		// These tests assert that refused requests commit nothing but their
+		// audit; threat detection answers repeated refusals with anomalies by
+		// design (it has its own tests in test/threat_*).
+		Threat: server.ThreatConfig{Disabled: true}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
