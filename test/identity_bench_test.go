@@ -90,3 +90,27 @@ func benchCluster(b *testing.B, n int) *idEnv {
 	e.createUser("acme", "ann", "admin")
 	return e
 }
+
+// BenchmarkAuthenticatedRead measures GET /v1/auth/me over loopback HTTP on
+// one server: the full authentication path (credential front end, signature
+// or keyed-hash check, revocation, user, role and tenant checks in the
+// replicated state) plus HTTP, per credential kind.
+func BenchmarkAuthenticatedRead(b *testing.B) {
+	e := benchCluster(b, 1)
+	tok := e.login("acme", "ann", "pw-ann-correct-horse").AccessToken
+	key := e.createKey("acme", bearerCred("ann", tok), "bench", "readonly", "")
+	for _, c := range []cred{bearerCred("jwt-eddsa", tok), {name: "api-key", apiKey: key.Key}} {
+		b.Run(c.name, func(b *testing.B) {
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if r := e.call(0, "GET", "/v1/auth/me", c, nil); r.status != http.StatusOK {
+						b.Errorf("me: %s", r)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+		})
+	}
+}

@@ -95,8 +95,8 @@ func loadRootKey(cfg Config, log *slog.Logger) ([]byte, error) {
 	path := filepath.Join(cfg.DataDir, "kms-root.key")
 	if !cfg.Dev {
 		log.Warn("no -kms-local-key-file: using a root key generated in the data directory. " +
-			"Every server of a cluster must load the SAME root key (copy it with 'allsource kms init-local' output " +
-			"or set -kms-local-key-file / ALLSOURCE_KMS_ROOT_KEY); otherwise only the server that made the pepper " +
+			"Every server of a cluster must load the SAME root key (-kms-local-key-file or ALLSOURCE_KMS_ROOT_KEY); " +
+			"otherwise only the servers holding the key that wrapped the pepper " +
 			"and signing keys can unwrap them")
 	}
 	return kms.LoadOrInitLocalRootKey(path)
@@ -272,15 +272,19 @@ func (s *secrets) ready() bool {
 func (s *secrets) run(ctx context.Context, node *cluster.Node, propose func(ctx context.Context, t fsm.CommandType, payload any) (*fsm.Result, error)) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
+	lastErr := ""
+	report := func(what string, err error) { // each distinct failure once, not every poll
+		if err == nil || ctx.Err() != nil || err.Error() == lastErr {
+			return
+		}
+		lastErr = err.Error()
+		s.log.Warn(what+" failed; will retry", "err", err)
+	}
 	for {
 		if !s.ready() && node.IsLeader() {
-			if err := s.ensure(ctx, propose); err != nil && ctx.Err() == nil {
-				s.log.Warn("creating identity key material failed; will retry", "err", err)
-			}
+			report("creating identity key material", s.ensure(ctx, propose))
 		}
-		if err := s.load(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("loading identity key material failed; will retry", "err", err)
-		}
+		report("loading identity key material", s.load(ctx))
 		var tick <-chan time.Time
 		if !s.ready() {
 			tick = t.C
