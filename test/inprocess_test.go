@@ -185,8 +185,9 @@ func operatorToken(t testing.TB, n *inprocNode) string {
 	return ""
 }
 
-// checkIndexes asserts that X-Raft-Index is present and never goes down over
-// a sequence of answers from one server.
+// indexTrack asserts that X-Raft-Index is present and never goes down over
+// a sequence of answers in one session (one server, or "the leader" across
+// servers).
 type indexTrack struct {
 	last map[string]uint64
 }
