@@ -265,7 +265,10 @@ func (r *run) prober(stop <-chan struct{}) {
 	defer a.close()
 	tick := time.NewTicker(r.sc.load.probe)
 	defer tick.Stop()
-	sem := make(chan struct{}, 32)
+	// Room for every probe of a whole timeout: when probes hang (a frozen or
+	// vanished leader), later ones must still go out, or the measured
+	// failover would be the probe timeout.
+	sem := make(chan struct{}, 2*int(a.timeout/r.sc.load.probe)+8)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	i := 0
