@@ -60,10 +60,13 @@ func NewForwardAuth(p *Pipeline, rs *Responder, prefix string) http.Handler {
 			rs.WriteDenial(w, &d)
 			return
 		}
+		// The proxy copies the identity headers upstream and serves the
+		// upstream's answer: security headers here would go nowhere, so an
+		// allowed answer carries only what a proxy can use.
 		h := w.Header()
-		rs.Decorate(h, &d)
+		h[HeaderRequestID] = []string{d.RequestID}
+		SetRateLimitHeaders(h, d.Rate)
 		SetIdentityHeaders(h, d.Identity)
-		h["Cache-Control"] = []string{"no-store"}
 		w.WriteHeader(http.StatusOK)
 	})
 }
