@@ -1,12 +1,16 @@
 package test
 
 import (
+	"bytes"
+	"encoding/json"
 	"math"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/internal/server"
 	"github.com/allsource/guard/threat"
 )
 
@@ -248,5 +252,91 @@ func TestAdaptiveNoReportsNoChange(t *testing.T) {
 		if cs := s.a.Decide(s.now, func(string) (*fsm.RateLimit, bool) { l := s.lim; return &l, true }, threat.Load{}); len(cs) != 0 {
 			t.Fatalf("changed without reports: %+v", cs)
 		}
+	}
+}
+
+// TestAdaptiveThroughTheServer: a server's leader takes edge usage reports
+// at POST /v1/internal/usage (join token), decides on its own ticker, and
+// applies the change through raft: GET …/rate-limit shows the new figure
+// with its reason, and the audit log has it.
+func TestAdaptiveThroughTheServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("system test: skipped with -short")
+	}
+	_, n, op := threatServer(t, func(c *server.Config) {
+		c.Threat.Adaptive = threat.AdaptiveConfig{Tick: 100 * time.Millisecond, RaiseAfter: 300 * time.Millisecond,
+			MinInterval: time.Nanosecond, ReportTTL: time.Second}
+	})
+	api := newAPIClient(scaled(10 * time.Second))
+	addr := n.addr()
+	api.must(t, http.StatusCreated, http.MethodPost, addr, "/v1/tenants", op, map[string]string{"id": "acme"})
+	api.must(t, http.StatusOK, http.MethodPut, addr, "/v1/tenants/acme/rate-limit", op,
+		map[string]int{"requests_per_minute": 1000, "burst": 100, "min_requests_per_minute": 500, "max_requests_per_minute": 4000})
+
+	post := func(token string, rep threat.UsageReport) int {
+		b, _ := json.Marshal(rep)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+threat.UsagePath, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("X-Allsource-Join-Token", token)
+		}
+		hr, err := api.hc.Do(req)
+		if err != nil {
+			t.Errorf("usage report: %v", err)
+			return 0
+		}
+		hr.Body.Close()
+		return hr.StatusCode
+	}
+	if st := post("", threat.UsageReport{Edge: "e1", Interval: time.Second}); st != http.StatusUnauthorized {
+		t.Fatalf("a report without the join token: %d, want 401", st)
+	}
+	if st := post(testJoinToken, threat.UsageReport{Edge: "e1", Interval: time.Second,
+		Tenants: map[string]threat.TenantUsage{"acme": {Demand: 1, Admitted: 5}}}); st != http.StatusBadRequest {
+		t.Fatalf("a report admitting more than asked: %d, want 400", st)
+	}
+
+	// An edge reports 2,000 rpm of demand of which it admitted 1,000 (the
+	// limit), every 100 ms.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(100 * time.Millisecond)
+		defer tk.Stop()
+		for seq := uint64(1); ; seq++ {
+			per := 2000.0 / 60 * 0.1 // requests per 100 ms
+			if st := post(testJoinToken, threat.UsageReport{Edge: "e1", Seq: seq, Interval: 100 * time.Millisecond,
+				Tenants: map[string]threat.TenantUsage{"acme": {Demand: per, Admitted: per / 2}}}); st != http.StatusNoContent {
+				t.Errorf("usage report answered %d", st)
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	var lim fsm.RateLimit
+	threatWait(t, 20*time.Second, "the adaptive limiter to raise acme's limit", func() bool {
+		api.must(t, http.StatusOK, http.MethodGet, addr, "/v1/tenants/acme/rate-limit", op, nil).decode(t, &lim)
+		return lim.RequestsPerMinute > 1000
+	})
+	if lim.RequestsPerMinute != 1250 || lim.BaseRequestsPerMinute != 1000 || !strings.HasPrefix(lim.Reason, "adaptive: utilisation 100%") ||
+		lim.MinRequestsPerMinute != 500 || lim.MaxRequestsPerMinute != 4000 {
+		t.Fatalf("rate limit after the raise = %+v", lim)
+	}
+	var audited bool
+	_ = n.srv.FSM().View(func(rd *fsm.Reader) error {
+		es, _ := rd.Audit(fsm.AuditQuery{Tenant: "acme", Action: fsm.ActionConfigChanged, Limit: 100})
+		for _, e := range es {
+			audited = audited || strings.HasPrefix(e.Metadata["reason"], "adaptive:") && e.Actor.Name == "adaptive-limits"
+		}
+		return nil
+	})
+	if !audited {
+		t.Error("the adaptive change is not in the audit log")
 	}
 }

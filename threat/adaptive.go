@@ -372,12 +372,12 @@ func (a *Adaptive) decide(now time.Time, tenant string, tt *tenantTrack, lim *fs
 		}
 	case !tt.highSince.IsZero() && now.Sub(tt.highSince) >= cfg.RaiseAfter:
 		target = scale(cur, 1+cfg.Step, math.Ceil)
-		reason = "adaptive: utilisation " + pct(util) + " for " + now.Sub(tt.highSince).Round(time.Second).String() +
+		reason = "adaptive: utilisation " + pct(util) + " for " + roundDur(now.Sub(tt.highSince)) +
 			" with the system healthy: raised"
 		tt.shed = false
 	case !tt.lowSince.IsZero() && now.Sub(tt.lowSince) >= cfg.DecayAfter && cur > base:
 		target = max(base, scale(cur, 1-cfg.Step, math.Floor))
-		reason = "adaptive: utilisation " + pct(util) + " for " + now.Sub(tt.lowSince).Round(time.Second).String() +
+		reason = "adaptive: utilisation " + pct(util) + " for " + roundDur(now.Sub(tt.lowSince)) +
 			": lowered toward the base " + strconv.Itoa(base) + " rpm"
 	}
 	target = clampInt(target, lim.MinRequestsPerMinute, lim.MaxRequestsPerMinute)
@@ -401,6 +401,14 @@ func (a *Adaptive) decide(now time.Time, tenant string, tt *tenantTrack, lim *fs
 		RouteCosts: lim.RouteCosts, MinRequestsPerMinute: lim.MinRequestsPerMinute, MaxRequestsPerMinute: lim.MaxRequestsPerMinute,
 		BaseRequestsPerMinute: base, ObservedRequestsPerMinute: math.Round(tt.baseline*100) / 100,
 		Reason: truncate(reason, 512)}}, true
+}
+
+// roundDur renders a streak's length: whole seconds, or milliseconds below 10 s.
+func roundDur(d time.Duration) string {
+	if d < 10*time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 // scale multiplies v by f and rounds with round, ignoring float noise in the
