@@ -29,7 +29,7 @@ func (s *Server) MountThreat(h ThreatHooks) {
 	for _, scope := range []struct {
 		prefix string
 		tenant func(r *http.Request) (string, error)
-	}{{"/v1/tenants/{t}", tenantParam}, {"", func(*http.Request) (string, error) { return "", nil }}} {
+	}{{"/v1/tenants/{t}", tenantParam}, {"/v1", func(*http.Request) (string, error) { return "", nil }}} {
 		p := scope.prefix
 		s.Handle("GET "+p+"/anomalies", "GET "+p+"/anomalies", s.read(s.listAnomalies(scope.tenant)))
 		s.Handle("GET "+p+"/anomalies/{id}", "GET "+p+"/anomalies/{id}", s.read(s.getAnomaly(scope.tenant)))
