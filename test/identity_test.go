@@ -892,3 +892,48 @@ func newTestServerConfig() server.Config {
 	return server.Config{NodeID: "v1", DataDir: os.TempDir(), HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
 		Bootstrap: true, JoinToken: testJoinToken, LogFormat: "text", MaxBodyBytes: 1 << 20}
 }
+
+// TestPasswordRehashOnLogin: hashes are PHC strings, so raising the Argon2id
+// parameters leaves old hashes verifying, and each is upgraded at its user's
+// next successful login.
+func TestPasswordRehashOnLogin(t *testing.T) {
+	e := idCluster(t, 1, nil)
+	e.must(201, 0, "POST", "/v1/tenants", e.opCred(), map[string]string{"id": "acme"}, nil)
+	id := e.createUser("acme", "ann", "admin")
+	hashOf := func() string {
+		var u *fsm.User
+		_ = e.nodes[0].srv.FSM().View(func(r *fsm.Reader) error { u, _ = r.User("acme", id); return nil })
+		return u.PasswordHash
+	}
+	if h := hashOf(); !strings.Contains(h, "m=19456,t=2,p=1") {
+		t.Fatalf("hash at the defaults: %s", h)
+	}
+	n := e.nodes[0]
+	e.c.stop(n)
+	n.cfg.Identity.ArgonTime = 3
+	e.c.start(n)
+	e.c.leader(t)
+	waitFor(t, 30*time.Second, "the restarted server's key material", func() bool {
+		_, a := n.srv.Secrets().SigningKeys()
+		return a != nil && n.srv.Secrets().Pepper() != nil && n.srv.Node().CaughtUp()
+	})
+	e.login("acme", "ann", "pw-ann-correct-horse")
+	waitFor(t, 10*time.Second, "the upgraded hash", func() bool { return strings.Contains(hashOf(), "m=19456,t=3,p=1") })
+	e.login("acme", "ann", "pw-ann-correct-horse") // and the new hash verifies
+}
+
+// TestRootKeyDerivedFromJoinToken: without a root key file, every server of a
+// cluster derives the same KMS root key from the join token, so followers
+// unwrap the pepper and signing keys the leader made.
+func TestRootKeyDerivedFromJoinToken(t *testing.T) {
+	e := idCluster(t, 3, func(n *inprocNode) { n.cfg.KMSLocalKeyFile = "" }) // waits for every server's key material
+	e.must(201, 0, "POST", "/v1/tenants", e.opCred(), map[string]string{"id": "acme"}, nil)
+	e.createUser("acme", "ann", "admin")
+	tok := e.login("acme", "ann", "pw-ann-correct-horse").AccessToken
+	key := e.createKey("acme", bearerCred("ann", tok), "k", "readonly", "")
+	for i := range e.nodes {
+		waitFor(t, 10*time.Second, fmt.Sprintf("the key to work on server %d", i), func() bool {
+			return e.call(i, "GET", "/v1/auth/me", cred{name: "key", apiKey: key.Key}, nil).status == http.StatusOK
+		})
+	}
+}

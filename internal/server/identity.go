@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -83,8 +85,15 @@ func (k *kmsWrapper) Unwrap(ctx context.Context, wrapped []byte, tenant, field s
 }
 
 // loadRootKey returns the local KMS root key: -kms-local-key-file, else
-// ALLSOURCE_KMS_ROOT_KEY, else (dev mode, or a single server) a key file in
-// the data directory, generated on first start.
+// ALLSOURCE_KMS_ROOT_KEY, else (dev mode) a key file generated in the data
+// directory, else a key derived from the join token.
+//
+// The derived key is the zero-configuration default of a cluster: every
+// server already shares the join token, and whoever holds it can join and
+// receive the edges' view (whose pepper is sealed under the join token too),
+// so it protects the wrapped secrets exactly as well as cluster membership is
+// protected. A separate root key file is stronger: a copied data directory
+// together with a leaked join token then still reveals nothing.
 func loadRootKey(cfg Config, log *slog.Logger) ([]byte, error) {
 	if cfg.KMSLocalKeyFile != "" {
 		return kms.LoadLocalRootKey(cfg.KMSLocalKeyFile)
@@ -92,14 +101,12 @@ func loadRootKey(cfg Config, log *slog.Logger) ([]byte, error) {
 	if v := os.Getenv(kms.DefaultRootKeyEnv); v != "" {
 		return kms.LocalRootKeyFromEnv("")
 	}
-	path := filepath.Join(cfg.DataDir, "kms-root.key")
-	if !cfg.Dev {
-		log.Warn("no -kms-local-key-file: using a root key generated in the data directory. " +
-			"Every server of a cluster must load the SAME root key (-kms-local-key-file or ALLSOURCE_KMS_ROOT_KEY); " +
-			"otherwise only the servers holding the key that wrapped the pepper " +
-			"and signing keys can unwrap them")
+	if cfg.Dev || cfg.JoinToken == "" {
+		return kms.LoadOrInitLocalRootKey(filepath.Join(cfg.DataDir, "kms-root.key"))
 	}
-	return kms.LoadOrInitLocalRootKey(path)
+	log.Warn("no -kms-local-key-file: the KMS root key that wraps the pepper and the signing keys is derived from the join token; " +
+		"set -kms-local-key-file (the same file on every server) to separate the two")
+	return hkdf.Key(sha256.New, []byte(cfg.JoinToken), []byte("allsource-kms-root-from-join-token-v1"), "allsource local KMS root key v1", kms.RootKeySize)
 }
 
 // secrets holds the unwrapped key material of one server. It implements
