@@ -181,3 +181,56 @@ func writeTestPKI(t *testing.T, dir string) cluster.TLSFiles {
 	}
 	return files
 }
+
+// TestEdgeMaxStaleness: an edge with -max-staleness keeps deciding while
+// its servers are away, until that long has passed without contact; then
+// it answers 503 with the JSON error, and /health and /ready say stale.
+func TestEdgeMaxStaleness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("system test: skipped with -short")
+	}
+	c := newInprocCluster(t)
+	n := c.add("s1")
+	shareRootKey(t, n)
+	c.start(n)
+	tok := operatorToken(t, n)
+	id := newIdentity(t, c, tok)
+	id.createTenant(t, "acme", 0, 0)
+	key, _ := id.createAPIKey(t, "acme", "readonly")
+	e := newEdgeNode(t, c, "stale-edge", echoUpstream(t).URL, func(cfg *edge.Config) { cfg.MaxStaleness = 1500 * time.Millisecond })
+	id.waitEdgesCurrent(t, e.edge())
+	url := "http://" + e.addr() + "/x"
+	if r := send(t, "GET", url, "X-API-Key", key); r.Status != http.StatusOK {
+		t.Fatalf("before: %s", r)
+	}
+	c.stop(n)
+	lost := time.Now()
+	// Still deciding within the staleness bound...
+	if r := send(t, "GET", url, "X-API-Key", key); r.Status != http.StatusOK && time.Since(lost) < time.Second {
+		t.Fatalf("right after the server went away: %s", r)
+	}
+	// ...and refusing once it is exceeded.
+	waitFor(t, 10*time.Second, "the edge to refuse as stale", func() bool {
+		return send(t, "GET", url, "X-API-Key", key).Status == http.StatusServiceUnavailable
+	})
+	r := send(t, "GET", url, "X-API-Key", key)
+	var body struct {
+		Error struct{ Code string } `json:"error"`
+	}
+	if err := json.Unmarshal(r.Body, &body); err != nil || body.Error.Code != "unavailable" {
+		t.Fatalf("stale answer: %s", r)
+	}
+	var h struct{ Status string }
+	send(t, "GET", "http://"+e.addr()+"/health").decode(t, &h)
+	if h.Status != "stale" {
+		t.Fatalf("health status %q, want stale", h.Status)
+	}
+	if r := send(t, "GET", "http://"+e.addr()+"/ready"); r.Status != http.StatusServiceUnavailable {
+		t.Fatalf("ready: %s", r)
+	}
+	// The server comes back: the edge is fresh again.
+	c.start(n)
+	waitFor(t, 30*time.Second, "the edge to decide again once it hears from a server", func() bool {
+		return send(t, "GET", url, "X-API-Key", key).Status == http.StatusOK
+	})
+}
