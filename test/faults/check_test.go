@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -38,6 +39,7 @@ type result struct {
 	AgreeDetails []string
 
 	EdgeRequests, EdgeFailures, EdgeRevokedAccepted int // -1: no edges
+	EdgePropagation                                 time.Duration
 	EdgeDetails                                     []string
 
 	Recovery      []time.Duration // per leader-loss fault: first acknowledged write after it
@@ -102,7 +104,7 @@ func (r *run) check(ctx context.Context) *result {
 	}
 
 	// Durability, audit and agreement, on the converged cluster.
-	var committed map[string]bool
+	var resolved map[string]string
 	dumps, idx, err := r.converge(ctx, ops)
 	if err != nil {
 		r.t.Errorf("%s: %v", r.sc.name, err)
@@ -116,14 +118,14 @@ func (r *run) check(ctx context.Context) *result {
 				res.AgreeDetails = append(res.AgreeDetails, d.node+": audit verify failed: "+d.verify)
 			}
 		}
-		res.Lost, res.Misplaced, res.AmbiguousCommitted, committed = checkDurability(r, ops, dumps[0])
+		res.Lost, res.Misplaced, res.AmbiguousCommitted, resolved = checkDurability(r, ops, dumps[0])
 	}
 
 	// Linearizability and session monotonicity of what the clients saw.
-	res.Lin = checkLinearizable(ops, committed, 2*time.Minute, r.sc.name)
+	res.Lin = checkLinearizable(ops, resolved, 2*time.Minute, r.sc.name)
 	res.StaleReads, res.StaleViolations, _ = checkMonotonicStaleDetails(r, ops)
 	if r.edges != nil {
-		res.EdgeRequests, res.EdgeFailures, res.EdgeRevokedAccepted, res.EdgeDetails = r.edges.results()
+		res.EdgeRequests, res.EdgeFailures, res.EdgeRevokedAccepted, res.EdgePropagation, res.EdgeDetails = r.edges.results()
 	}
 	for _, d := range res.Lin.Details {
 		r.t.Errorf("%s: linearizability: %s", r.sc.name, d)
@@ -163,6 +165,7 @@ type auditEntry struct {
 	Seq       uint64            `json:"seq"`
 	Index     uint64            `json:"index"`
 	Action    string            `json:"action"`
+	Resource  string            `json:"resource"`
 	RequestID string            `json:"request_id"`
 	Metadata  map[string]string `json:"metadata"`
 }
@@ -246,6 +249,14 @@ func (r *run) dumpNode(ctx context.Context, n *node, tenants []string, idx uint6
 		}
 		if _, _, err := get("/v1/tenants/"+t+"/rate-limit?consistency=stale", http.StatusNotFound); err != nil {
 			return nil, err
+		}
+		if r.objectTenant(t) {
+			if _, _, err := get("/v1/tenants/" + t + "/api-keys?consistency=stale&limit=1000"); err != nil {
+				return nil, err
+			}
+			if _, _, err := get("/v1/tenants/" + t + "/ip-rules?consistency=stale"); err != nil {
+				return nil, err
+			}
 		}
 		cur := ""
 		for {
@@ -332,8 +343,8 @@ func truncate(b []byte) string {
 // audits each of these commands in the tenant's chain with the request id
 // the client sent, at the raft index the write was acknowledged with. A
 // write that is acknowledged but absent was lost.
-func checkDurability(r *run, ops []op, d *dump) (lost, misplaced, ambiguousCommitted int, committed map[string]bool) {
-	committed = map[string]bool{}
+func checkDurability(r *run, ops []op, d *dump) (lost, misplaced, ambiguousCommitted int, resolved map[string]string) {
+	resolved = map[string]string{}
 	byRequest := map[string]auditEntry{}
 	for _, es := range d.audit {
 		for _, e := range es {
@@ -343,7 +354,9 @@ func checkDurability(r *run, ops []op, d *dump) (lost, misplaced, ambiguousCommi
 		}
 	}
 	wantAction := map[opKind]string{opCreate: "tenant_created", opDelete: "tenant_deleted", opSetRPM: "config_changed",
-		opSuspend: "tenant_suspended", opActivate: "tenant_activated"}
+		opSuspend: "tenant_suspended", opActivate: "tenant_activated", opCreateKey: "api_key_created",
+		opRevokeKey: "api_key_revoked", opAddRule: "ip_rule_added", opRemoveRule: "ip_rule_removed"}
+	resourcePrefix := map[opKind]string{opCreateKey: "api-key/", opRevokeKey: "api-key/", opAddRule: "ip-rule/", opRemoveRule: "ip-rule/"}
 	for _, o := range ops {
 		if !o.Kind.isWrite() {
 			continue
@@ -356,14 +369,18 @@ func checkDurability(r *run, ops []op, d *dump) (lost, misplaced, ambiguousCommi
 				lost++
 				r.t.Errorf("%s: acknowledged write lost (not in the audit log): %v", r.sc.name, o)
 			case e.Index != o.Index || e.Action != wantAction[o.Kind] ||
-				o.Kind == opSetRPM && e.Metadata["requests_per_minute"] != strconv.Itoa(o.Value):
+				o.Kind == opSetRPM && e.Metadata["requests_per_minute"] != strconv.Itoa(o.Value) ||
+				o.Kind.onObject() && e.Resource != resourcePrefix[o.Kind]+o.Object:
 				misplaced++
 				r.t.Errorf("%s: acknowledged write %v is in the audit log as %+v", r.sc.name, o, e)
 			}
 		case outUnknown:
 			if found {
 				ambiguousCommitted++
-				committed[o.RequestID] = true
+				resolved[o.RequestID] = strings.TrimPrefix(e.Resource, resourcePrefix[o.Kind])
+				if !o.Kind.onObject() {
+					resolved[o.RequestID] = ""
+				}
 			}
 		case outFail, outRejected:
 			if found {
@@ -372,5 +389,5 @@ func checkDurability(r *run, ops []op, d *dump) (lost, misplaced, ambiguousCommi
 			}
 		}
 	}
-	return lost, misplaced, ambiguousCommitted, committed
+	return lost, misplaced, ambiguousCommitted, resolved
 }

@@ -5,6 +5,7 @@ package faults
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -66,6 +67,7 @@ type cluster struct {
 	nodes     []*node
 	token     string // operator token (ALLSOURCE_BOOTSTRAP_TOKEN)
 	joinToken string
+	rootKey   string // the local KMS root key every server shares (ALLSOURCE_KMS_ROOT_KEY)
 	timings   raftTimings
 	http      *http.Client
 	logDir    string
@@ -98,8 +100,11 @@ func startCluster(t *testing.T, size int, timings raftTimings) *cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	name := runID + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
 	c := &cluster{t: t, image: img, token: randomToken(48), joinToken: randomToken(40), timings: timings,
-		http: &http.Client{Timeout: 5 * time.Second}, paused: map[string]bool{}}
+		rootKey: base64.StdEncoding.EncodeToString(key),
+		http:    &http.Client{Timeout: 5 * time.Second}, paused: map[string]bool{}}
 	c.net = createNetwork(t, ctx, name)
 	base, err := os.MkdirTemp("", runID+"-data-")
 	if err != nil {
@@ -172,10 +177,11 @@ func startCluster(t *testing.T, size int, timings raftTimings) *cluster {
 func (c *cluster) create(ctx context.Context, n *node) error {
 	args := []string{"run", "-d", "--name", n.container, "--hostname", n.id, "--network", c.net.name,
 		"--ip", n.ip.String(), "--label", labelSuite + "=1", "--label", labelOwner + "=" + ownerLabel(),
-		"-v", n.dataDir + ":/data", "-e", "ALLSOURCE_BOOTSTRAP_TOKEN", "-e", "ALLSOURCE_JOIN_TOKEN",
+		"-v", n.dataDir + ":/data", "-e", "ALLSOURCE_BOOTSTRAP_TOKEN", "-e", "ALLSOURCE_JOIN_TOKEN", "-e", "ALLSOURCE_KMS_ROOT_KEY",
 		"--log-driver", "json-file", "--log-opt", "max-size=20m", c.image}
 	args = append(args, n.args...)
-	_, err := dockerEnv(ctx, []string{"ALLSOURCE_BOOTSTRAP_TOKEN=" + c.token, "ALLSOURCE_JOIN_TOKEN=" + c.joinToken}, args...)
+	_, err := dockerEnv(ctx, []string{"ALLSOURCE_BOOTSTRAP_TOKEN=" + c.token, "ALLSOURCE_JOIN_TOKEN=" + c.joinToken,
+		"ALLSOURCE_KMS_ROOT_KEY=" + c.rootKey}, args...)
 	if err == nil {
 		n.incarnation.Add(1)
 	}

@@ -32,7 +32,10 @@ const edgePropagationBound = 2 * time.Second
 type edgeChecker interface {
 	start(stop <-chan struct{})
 	stop()
-	results() (requests, failures, revokedAccepted int, details []string)
+	// results: valid requests sent and failed, revoked-key requests accepted
+	// after the propagation bound, and when the slowest edge first refused
+	// the revoked key (measured from the revocation's acknowledgement).
+	results() (requests, failures, revokedAccepted int, propagation time.Duration, details []string)
 }
 
 // edgeSupport says whether the image has the edge and the API has API keys,
@@ -130,7 +133,8 @@ type edgeTraffic struct {
 	requests      int
 	failures      int
 	revokedOK     int
-	revokedAt     time.Time // when the revocation was acknowledged
+	revokedAt     time.Time                // when the revocation was acknowledged
+	refusedAfter  map[string]time.Duration // edge → first refusal of the revoked key after the acknowledgement
 	details       []string
 	wg            sync.WaitGroup
 	revokeAfter   time.Duration
@@ -144,10 +148,13 @@ func newEdgeChecker(t *testing.T, c *cluster, r *run) edgeChecker {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	et := &edgeTraffic{r: r, edges: c.edges, tenant: r.prefix + "-edge", http: &http.Client{Timeout: 2 * time.Second},
-		revokeAfter: r.sc.warmup + r.sc.fault/2}
+		revokeAfter: r.sc.warmup + r.sc.fault/2, refusedAfter: map[string]time.Duration{}}
 	a := newAPIClient(r.sc.load.workers+2, c.token, r.prefix+"-edge", r.hist, 10*time.Second)
 	defer a.close()
 	r.mustDo(ctx, a, opCreate, et.tenant, 0)
+	// The edge traffic must never meet the tenant's rate limit: a 429 here
+	// would be the limit working, not a failure.
+	r.mustDo(ctx, a, opSetRPM, et.tenant, 6_000_000)
 	var err error
 	if et.valid, _, err = c.createAPIKey(ctx, et.tenant, "valid"); err != nil {
 		t.Fatalf("edge checks: create API key: %v", err)
@@ -260,6 +267,13 @@ func (et *edgeTraffic) start(stop <-chan struct{}) {
 			for _, e := range et.edges {
 				sent := time.Now()
 				st, err := et.send(e, et.revoked)
+				if err == nil && (st == http.StatusUnauthorized || st == http.StatusForbidden) {
+					et.mu.Lock()
+					if _, ok := et.refusedAfter[e.id]; !ok {
+						et.refusedAfter[e.id] = time.Since(et.revokedAt)
+					}
+					et.mu.Unlock()
+				}
 				if err == nil && st == http.StatusOK && sent.Sub(et.revokedAt) > edgePropagationBound {
 					et.mu.Lock()
 					et.revokedOK++
@@ -304,12 +318,23 @@ func (et *edgeTraffic) revoke() error {
 
 func (et *edgeTraffic) stop() { et.wg.Wait() }
 
-func (et *edgeTraffic) results() (int, int, int, []string) {
+func (et *edgeTraffic) results() (int, int, int, time.Duration, []string) {
 	et.mu.Lock()
 	defer et.mu.Unlock()
 	d := append([]string(nil), et.details...)
 	if et.revokeFailure != "" {
 		d = append(d, "could not revoke the key: "+et.revokeFailure)
 	}
-	return et.requests, et.failures, et.revokedOK, d
+	// The slowest edge's first refusal (-1 if one never refused it).
+	var slowest time.Duration
+	for _, e := range et.edges {
+		after, ok := et.refusedAfter[e.id]
+		if !ok && !et.revokedAt.IsZero() {
+			d = append(d, "edge "+e.id+" never refused the revoked key")
+			slowest = -1
+			break
+		}
+		slowest = max(slowest, after)
+	}
+	return et.requests, et.failures, et.revokedOK, slowest, d
 }

@@ -57,7 +57,7 @@ func timingsFromEnv(t *testing.T) raftTimings {
 // scenarios returns the nemesis scenarios of the short or the long tier.
 func scenarios() []scenario {
 	if !long() {
-		load := workload{workers: 5, tenants: 6, think: 5 * time.Millisecond, timeout: 2 * time.Second, probe: 25 * time.Millisecond}
+		load := workload{workers: 5, tenants: 6, objects: 2, think: 5 * time.Millisecond, timeout: 2 * time.Second, probe: 25 * time.Millisecond}
 		s := func(name string, n nemesis, fault, heal time.Duration) scenario {
 			return scenario{name: name, nemesis: n, cycles: 1, warmup: time.Second, fault: fault, heal: heal, load: load}
 		}
@@ -71,7 +71,7 @@ func scenarios() []scenario {
 			s("restart all", restartAllNemesis{}, 2*time.Second, 4*time.Second),
 		}
 	}
-	load := workload{workers: 8, tenants: 12, think: 2 * time.Millisecond, timeout: 2 * time.Second, probe: 20 * time.Millisecond}
+	load := workload{workers: 8, tenants: 12, objects: 4, think: 2 * time.Millisecond, timeout: 2 * time.Second, probe: 20 * time.Millisecond}
 	s := func(name string, n nemesis, cycles int, fault, heal time.Duration) scenario {
 		return scenario{name: name, nemesis: n, cycles: cycles, warmup: 2 * time.Second, fault: fault, heal: heal, load: load}
 	}
@@ -213,7 +213,7 @@ func TestNemesisLeaderStability(t *testing.T) {
 	timings := timingsFromEnv(t)
 	c := startCluster(t, 3, timings)
 	sc := scenario{name: fmt.Sprintf("no faults, %v loaded", d), nemesis: noNemesis{}, cycles: 1, warmup: 0, fault: d,
-		load: workload{workers: 10, tenants: 24, think: 0, timeout: 2 * time.Second, probe: 50 * time.Millisecond}}
+		load: workload{workers: 10, tenants: 24, objects: 4, think: 0, timeout: 2 * time.Second, probe: 50 * time.Millisecond}}
 	res := runScenario(t, c, sc)
 	judge(t, res)
 	rate := float64(res.AckedWrites) / res.Duration.Seconds()

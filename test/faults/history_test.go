@@ -29,13 +29,30 @@ const (
 	opReadRPM                  // GET /v1/tenants/{t}/rate-limit?consistency=linearizable
 	opReadStatus               // GET /v1/tenants/{t}?consistency=linearizable
 	opStaleRead                // GET /v1/tenants/{t}/rate-limit?consistency=stale
+	opCreateKey                // POST /v1/tenants/{t}/api-keys
+	opRevokeKey                // DELETE /v1/tenants/{t}/api-keys/{id}
+	opListKeys                 // GET /v1/tenants/{t}/api-keys?consistency=linearizable
+	opAddRule                  // POST /v1/tenants/{t}/ip-rules
+	opRemoveRule               // DELETE /v1/tenants/{t}/ip-rules/{id}
+	opListRules                // GET /v1/tenants/{t}/ip-rules?consistency=linearizable
 )
 
-var opNames = [...]string{"create", "delete", "set-rpm", "suspend", "activate", "read-rpm", "read-status", "stale-read"}
+var opNames = [...]string{"create", "delete", "set-rpm", "suspend", "activate", "read-rpm", "read-status", "stale-read",
+	"create-key", "revoke-key", "list-keys", "add-ip-rule", "remove-ip-rule", "list-ip-rules"}
 
 func (k opKind) String() string { return opNames[k] }
 
-func (k opKind) isWrite() bool { return k <= opActivate }
+func (k opKind) isWrite() bool {
+	switch k {
+	case opCreate, opDelete, opSetRPM, opSuspend, opActivate, opCreateKey, opRevokeKey, opAddRule, opRemoveRule:
+		return true
+	}
+	return false
+}
+
+// onObject says whether the operation acts on an API key or IP rule (an
+// object of its own, with a server-made id) rather than on the tenant.
+func (k opKind) onObject() bool { return k >= opCreateKey }
 
 // outcome classifies an operation's answer.
 type outcome uint8
@@ -62,14 +79,20 @@ func (o outcome) String() string { return outcomeNames[o] }
 // op is one recorded operation: what was asked of which node, when, and what
 // came back. Times are nanoseconds since the history's start.
 type op struct {
-	Client    int
-	Node      string
-	Inc       int64 // the node's incarnation when the call was made
-	IncAfter  int64 // … and when it returned
-	Kind      opKind
-	Tenant    string
-	Value     int    // rpm written (set-rpm) or read (read-rpm, stale-read)
-	Status    string // status read (read-status)
+	Client   int
+	Node     string
+	Inc      int64 // the node's incarnation when the call was made
+	IncAfter int64 // … and when it returned
+	Kind     opKind
+	Tenant   string
+	Value    int    // rpm written (set-rpm) or read (read-rpm, stale-read)
+	Status   string // status read (read-status)
+	// Object is the API key or IP rule acted on (revoke, remove), or created
+	// (from the answer, or for an ambiguous create from the audit log).
+	Object string
+	// Seen is what a list read returned: object id → "active" or "revoked"
+	// (keys), "present" (rules).
+	Seen      map[string]string
 	Call, Ret int64
 	Out       outcome
 	HTTP      int
@@ -153,7 +176,12 @@ type errorBody struct {
 // do performs one operation on node n and returns its record (it does not
 // add it to the history: the caller does, so it can mark probes).
 func (a *apiClient) do(n *node, kind opKind, tenant string, value int) op {
-	o := op{Client: a.id, Node: n.id, Kind: kind, Tenant: tenant, Value: value,
+	return a.doObject(n, kind, tenant, value, "")
+}
+
+// doObject is do for operations on one API key or IP rule.
+func (a *apiClient) doObject(n *node, kind opKind, tenant string, value int, object string) op {
+	o := op{Client: a.id, Node: n.id, Kind: kind, Tenant: tenant, Value: value, Object: object,
 		RequestID: fmt.Sprintf("%s-%d", a.prefix, a.seq.Add(1))}
 	var method, path string
 	var body any
@@ -175,6 +203,19 @@ func (a *apiClient) do(n *node, kind opKind, tenant string, value int) op {
 		method, path = http.MethodGet, "/v1/tenants/"+tenant+"?consistency=linearizable"
 	case opStaleRead:
 		method, path = http.MethodGet, "/v1/tenants/"+tenant+"/rate-limit?consistency=stale"
+	case opCreateKey:
+		method, path, body = http.MethodPost, "/v1/tenants/"+tenant+"/api-keys", map[string]string{"name": o.RequestID, "role": "readonly"}
+	case opRevokeKey:
+		method, path = http.MethodDelete, "/v1/tenants/"+tenant+"/api-keys/"+object
+	case opListKeys:
+		method, path = http.MethodGet, "/v1/tenants/"+tenant+"/api-keys?consistency=linearizable&limit=1000"
+	case opAddRule:
+		method, path, body = http.MethodPost, "/v1/tenants/"+tenant+"/ip-rules",
+			map[string]string{"cidr": fmt.Sprintf("198.18.%d.%d/32", value/256%256, value%256), "action": "block", "note": o.RequestID}
+	case opRemoveRule:
+		method, path = http.MethodDelete, "/v1/tenants/"+tenant+"/ip-rules/"+object
+	case opListRules:
+		method, path = http.MethodGet, "/v1/tenants/"+tenant+"/ip-rules?consistency=linearizable"
 	}
 	var rd io.Reader
 	if body != nil {
@@ -236,6 +277,35 @@ func (a *apiClient) do(n *node, kind opKind, tenant string, value int) op {
 				o.Out, o.Err = outUnknown, "undecodable answer: "+err.Error()
 			}
 			o.Status = t.Status
+		case opCreateKey, opAddRule:
+			var obj struct {
+				ID string `json:"id"`
+			}
+			if err := json.Unmarshal(respBody, &obj); err != nil || obj.ID == "" {
+				o.Out, o.Err = outUnknown, fmt.Sprintf("undecodable answer: %v", err)
+			}
+			o.Object = obj.ID
+		case opListKeys, opListRules:
+			var list struct {
+				Keys []struct {
+					ID        string    `json:"id"`
+					RevokedAt time.Time `json:"revoked_at"`
+				} `json:"api_keys"`
+				Rules []struct {
+					ID string `json:"id"`
+				} `json:"ip_rules"`
+				Next string `json:"next_cursor"`
+			}
+			if err := json.Unmarshal(respBody, &list); err != nil || list.Next != "" {
+				o.Out, o.Err = outUnknown, fmt.Sprintf("undecodable or partial answer: %v", err)
+			}
+			o.Seen = map[string]string{}
+			for _, k := range list.Keys {
+				o.Seen[k.ID] = map[bool]string{true: "active", false: "revoked"}[k.RevokedAt.IsZero()]
+			}
+			for _, r := range list.Rules {
+				o.Seen[r.ID] = "present"
+			}
 		}
 	default:
 		var eb errorBody
@@ -244,7 +314,8 @@ func (a *apiClient) do(n *node, kind opKind, tenant string, value int) op {
 		o.Err = strings.TrimSpace(eb.Error.Message)
 		switch {
 		case resp.StatusCode == http.StatusNotFound && o.Code == "not_found",
-			resp.StatusCode == http.StatusConflict && o.Code == "conflict":
+			resp.StatusCode == http.StatusConflict && o.Code == "conflict",
+			resp.StatusCode == http.StatusPreconditionFailed && o.Code == "failed_precondition":
 			o.Out = outFail
 		case resp.StatusCode/100 == 4:
 			o.Out = outRejected

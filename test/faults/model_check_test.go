@@ -51,10 +51,10 @@ func TestLinearizabilityCheckerCatchesViolations(t *testing.T) {
 	// happened must not be visible, one it says happened may be.
 	amb := with(unknown(opSetRPM, 2, 1001), func(o *op) { o.RequestID = "w1" })
 	seen := []op{ok(opCreate, 0, 1, 0), amb, ok(opReadRPM, 20, 21, 1001)}
-	if r := checkLinearizable(seen, map[string]bool{}, 0, "resolved-absent"); r.Violations != 1 {
+	if r := checkLinearizable(seen, map[string]string{}, 0, "resolved-absent"); r.Violations != 1 {
 		t.Errorf("a write the audit log calls absent was read back, yet violations = %d (%v)", r.Violations, r.Details)
 	}
-	if r := checkLinearizable(seen, map[string]bool{"w1": true}, 0, "resolved-present"); r.Violations != 0 {
+	if r := checkLinearizable(seen, map[string]string{"w1": ""}, 0, "resolved-present"); r.Violations != 0 {
 		t.Errorf("a committed ambiguous write read back: violations = %d (%v)", r.Violations, r.Details)
 	}
 	for _, tc := range cases {
@@ -62,6 +62,39 @@ func TestLinearizabilityCheckerCatchesViolations(t *testing.T) {
 			r := checkLinearizable(tc.ops, nil, 0, tc.name)
 			if r.Violations != tc.want || r.Unknown != 0 {
 				t.Fatalf("violations = %d, unknown = %d, want %d violations; details %v", r.Violations, r.Unknown, tc.want, r.Details)
+			}
+		})
+	}
+}
+
+func TestLinearizabilityCheckerObjects(t *testing.T) {
+	o := func(kind opKind, call, ret int64, out outcome, code, id string, seen map[string]string) op {
+		return op{Kind: kind, Tenant: "k", Call: call, Ret: ret, Out: out, Code: code, Object: id, Seen: seen}
+	}
+	cases := []struct {
+		name string
+		ops  []op
+		want int
+	}{
+		{"key life", []op{o(opCreateKey, 0, 1, outOK, "", "a", nil), o(opListKeys, 2, 3, outOK, "", "", map[string]string{"a": "active"}),
+			o(opRevokeKey, 4, 5, outOK, "", "a", nil), o(opRevokeKey, 6, 7, outFail, "failed_precondition", "a", nil),
+			o(opListKeys, 8, 9, outOK, "", "", map[string]string{"a": "revoked"})}, 0},
+		{"revoked key listed active afterwards", []op{o(opCreateKey, 0, 1, outOK, "", "a", nil), o(opRevokeKey, 2, 3, outOK, "", "a", nil),
+			o(opListKeys, 4, 5, outOK, "", "", map[string]string{"a": "active"})}, 1},
+		{"acknowledged key missing from a later list", []op{o(opCreateKey, 0, 1, outOK, "", "a", nil),
+			o(opListKeys, 2, 3, outOK, "", "", map[string]string{})}, 1},
+		{"rule added and removed twice", []op{o(opAddRule, 0, 1, outOK, "", "r", nil), o(opListRules, 2, 3, outOK, "", "", map[string]string{"r": "present"}),
+			o(opRemoveRule, 4, 5, outOK, "", "r", nil), o(opRemoveRule, 6, 7, outFail, "not_found", "r", nil),
+			o(opListRules, 8, 9, outOK, "", "", map[string]string{})}, 0},
+		{"removed rule still listed", []op{o(opAddRule, 0, 1, outOK, "", "r", nil), o(opRemoveRule, 2, 3, outOK, "", "r", nil),
+			o(opListRules, 4, 5, outOK, "", "", map[string]string{"r": "present"})}, 1},
+		{"object nobody created is listed", []op{o(opListRules, 0, 1, outOK, "", "", map[string]string{"ghost": "present"})}, 1},
+	}
+	t.Setenv("FAULTS_LOG_DIR", t.TempDir())
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if r := checkLinearizable(tc.ops, nil, 0, tc.name); r.Violations != tc.want || r.Unknown != 0 {
+				t.Fatalf("violations = %d, want %d; %v", r.Violations, tc.want, r.Details)
 			}
 		})
 	}

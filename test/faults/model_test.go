@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -54,6 +55,7 @@ type modelInput struct {
 	Kind   opKind
 	Value  int
 	Client int
+	Object string
 }
 
 type modelOutput struct {
@@ -62,6 +64,7 @@ type modelOutput struct {
 	Code   string
 	Value  int
 	Status string
+	Seen   string // list reads, per object: "active", "revoked", "present" or "absent"
 }
 
 func tenantStep(state, input, output any) (bool, any) {
@@ -152,20 +155,165 @@ var tenantModel = porcupine.Model{
 	},
 }
 
+// API keys and IP rules are objects of their own (one partition each): they
+// live on tenants that nothing else touches, so their history is independent
+// of the tenant model. A list read of a tenant's keys or rules is checked as
+// one read of every object of that tenant at the same interval — each
+// object's view must be linearizable (the list being one atomic snapshot
+// across objects is not checked):
+//
+//	create-key, add-ip-rule → ok and present if absent (ids are new, so never present)
+//	revoke-key → ok and revoked if active; failed_precondition if revoked; not_found if absent
+//	remove-ip-rule → ok and absent if present; not_found if absent
+//	list → "active"/"revoked" (keys), "present" (rules) or "absent"
+type objectState struct {
+	Present, Revoked bool
+}
+
+func (s objectState) seen(rule bool) string {
+	switch {
+	case !s.Present:
+		return "absent"
+	case rule:
+		return "present"
+	case s.Revoked:
+		return "revoked"
+	}
+	return "active"
+}
+
+func objectStep(state, input, output any) (bool, any) {
+	s := state.(objectState)
+	in := input.(modelInput)
+	out := output.(modelOutput)
+	next, ok, code := s, false, "not_found"
+	switch in.Kind {
+	case opListKeys, opListRules:
+		return out.Seen == s.seen(in.Kind == opListRules), s
+	case opCreateKey, opAddRule:
+		ok, code = !s.Present, "conflict"
+		next = objectState{Present: true}
+	case opRevokeKey:
+		ok = s.Present && !s.Revoked
+		if s.Present && s.Revoked {
+			code = "failed_precondition"
+		}
+		next.Revoked = true
+	case opRemoveRule:
+		ok = s.Present
+		next = objectState{}
+	}
+	if !ok {
+		next = s
+	}
+	if !out.Known {
+		return true, next
+	}
+	if out.OK != ok || !ok && out.Code != code {
+		return false, s
+	}
+	return true, next
+}
+
+var objectModel = porcupine.Model{
+	Init: func() any { return objectState{} },
+	Step: objectStep,
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(modelInput), output.(modelOutput)
+		res := "ok"
+		switch {
+		case !out.Known:
+			res = "unknown"
+		case in.Kind == opListKeys || in.Kind == opListRules:
+			res = out.Seen
+		case !out.OK:
+			res = out.Code
+		}
+		return fmt.Sprintf("c%d %s(%s) → %s", in.Client, in.Kind, in.Object, res)
+	},
+	DescribeState: func(state any) string { return fmt.Sprintf("%+v", state.(objectState)) },
+}
+
 // pendingForever is the return time of an operation whose outcome is unknown.
 const pendingForever = int64(math.MaxInt64 / 2)
 
 // porcupineOps turns the non-probe operations into porcupine's form, one
-// history per tenant. committed, when known, says whether an ambiguous write
-// took effect (nil: keep every ambiguous write pending).
-func porcupineOps(ops []op, committed map[string]bool) map[string][]porcupine.Operation {
+// history per tenant ("tenant:…") and per API key or IP rule ("key:…",
+// "rule:…"). resolved, when known, maps the request id of every ambiguous
+// write that took effect to the object it created, if any (nil: keep every
+// ambiguous write pending).
+func porcupineOps(ops []op, resolved map[string]string) map[string][]porcupine.Operation {
 	byTenant := map[string][]porcupine.Operation{}
+	// The objects of each tenant, for splitting list reads.
+	objects := map[string]map[string]bool{} // "key:"+tenant or "rule:"+tenant → ids
+	family := func(k opKind) string {
+		switch k {
+		case opCreateKey, opRevokeKey, opListKeys:
+			return "key:"
+		}
+		return "rule:"
+	}
+	note := func(fam, tenant, id string) {
+		if id == "" {
+			return
+		}
+		if objects[fam+tenant] == nil {
+			objects[fam+tenant] = map[string]bool{}
+		}
+		objects[fam+tenant][id] = true
+	}
+	for i, o := range ops {
+		if !o.Kind.onObject() {
+			continue
+		}
+		if o.Out == outUnknown && (o.Kind == opCreateKey || o.Kind == opAddRule) && resolved != nil {
+			ops[i].Object = resolved[o.RequestID]
+			o = ops[i]
+		}
+		note(family(o.Kind), o.Tenant, o.Object)
+		for id := range o.Seen {
+			note(family(o.Kind), o.Tenant, id)
+		}
+	}
 	for _, o := range ops {
 		if o.Probe || o.Kind == opStaleRead || o.Out == outRejected {
 			continue
 		}
-		if o.Out == outUnknown && o.Kind.isWrite() && committed != nil && !committed[o.RequestID] {
-			continue // never took effect
+		if o.Out == outUnknown && o.Kind.isWrite() && resolved != nil {
+			if _, ok := resolved[o.RequestID]; !ok {
+				continue // never took effect
+			}
+		}
+		if o.Kind.onObject() {
+			fam := family(o.Kind)
+			in := modelInput{Kind: o.Kind, Client: o.Client, Object: o.Object}
+			out := modelOutput{Known: o.Out != outUnknown, OK: o.Out == outOK, Code: o.Code}
+			ret := o.Ret
+			if !out.Known {
+				if !o.Kind.isWrite() {
+					continue
+				}
+				ret = pendingForever
+			}
+			switch o.Kind {
+			case opListKeys, opListRules:
+				for id := range objects[fam+o.Tenant] {
+					seen, ok := o.Seen[id]
+					if !ok {
+						seen = "absent"
+					}
+					in.Object, out.Seen = id, seen
+					byTenant[fam+o.Tenant+"/"+id] = append(byTenant[fam+o.Tenant+"/"+id], porcupine.Operation{
+						ClientId: o.Client, Input: in, Call: o.Call, Output: out, Return: ret})
+				}
+			default:
+				if o.Object == "" {
+					continue // a create that failed, or never took effect: no object
+				}
+				byTenant[fam+o.Tenant+"/"+o.Object] = append(byTenant[fam+o.Tenant+"/"+o.Object], porcupine.Operation{
+					ClientId: o.Client, Input: in, Call: o.Call, Output: out, Return: ret})
+			}
+			continue
 		}
 		out := modelOutput{Known: o.Out != outUnknown, OK: o.Out == outOK, Code: o.Code, Value: o.Value, Status: o.Status}
 		ret := o.Ret
@@ -175,7 +323,7 @@ func porcupineOps(ops []op, committed map[string]bool) map[string][]porcupine.Op
 			}
 			ret = pendingForever
 		}
-		byTenant[o.Tenant] = append(byTenant[o.Tenant], porcupine.Operation{ClientId: o.Client,
+		byTenant["tenant:"+o.Tenant] = append(byTenant["tenant:"+o.Tenant], porcupine.Operation{ClientId: o.Client,
 			Input: modelInput{Kind: o.Kind, Value: o.Value, Client: o.Client}, Call: o.Call, Output: out, Return: ret})
 	}
 	return byTenant
@@ -193,9 +341,9 @@ type linResult struct {
 // checkLinearizable checks each tenant's history separately (a history is
 // linearizable iff each object's is) and writes porcupine's visualization of
 // every failing one.
-func checkLinearizable(ops []op, committed map[string]bool, timeout time.Duration, name string) linResult {
+func checkLinearizable(ops []op, resolved map[string]string, timeout time.Duration, name string) linResult {
 	var r linResult
-	byTenant := porcupineOps(ops, committed)
+	byTenant := porcupineOps(append([]op(nil), ops...), resolved)
 	tenants := make([]string, 0, len(byTenant))
 	for t := range byTenant {
 		tenants = append(tenants, t)
@@ -204,7 +352,11 @@ func checkLinearizable(ops []op, committed map[string]bool, timeout time.Duratio
 	for _, t := range tenants {
 		h := byTenant[t]
 		r.Checked += len(h)
-		res, info := porcupine.CheckOperationsVerbose(tenantModel, h, timeout)
+		model := tenantModel
+		if !strings.HasPrefix(t, "tenant:") {
+			model = objectModel
+		}
+		res, info := porcupine.CheckOperationsVerbose(model, h, timeout)
 		switch res {
 		case porcupine.Ok:
 			continue
@@ -219,8 +371,8 @@ func checkLinearizable(ops []op, committed map[string]bool, timeout time.Duratio
 		if dir == "" {
 			dir = os.TempDir()
 		}
-		p := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.html", runID, sanitize(name), t))
-		if err := porcupine.VisualizePath(tenantModel, info, p); err == nil {
+		p := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.html", runID, sanitize(name), sanitize(t)))
+		if err := porcupine.VisualizePath(model, info, p); err == nil {
 			r.Files = append(r.Files, p)
 			msg += "; visualization: " + p
 		}

@@ -26,7 +26,8 @@ func report(t *testing.T, rows []*result, timings raftTimings, edgesNote string,
 	for _, r := range rows {
 		edge := "n/a"
 		if r.EdgeRequests >= 0 {
-			edge = fmt.Sprintf("%d / %d (revoked accepted: %d)", r.EdgeFailures, r.EdgeRequests, r.EdgeRevokedAccepted)
+			edge = fmt.Sprintf("%d of %d; revoked key accepted %d×, refused by every edge %v after its revocation",
+				r.EdgeFailures, r.EdgeRequests, r.EdgeRevokedAccepted, r.EdgePropagation.Round(time.Millisecond))
 		}
 		lin := fmt.Sprint(r.Lin.Violations)
 		if r.Lin.Unknown > 0 {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 type workload struct {
 	workers int           // concurrent clients, each issuing one operation at a time
 	tenants int           // tenants they share (one linearizability partition each)
+	objects int           // tenants whose API keys and IP rules they create, revoke, remove and list (0: none)
 	think   time.Duration // pause between a client's operations
 	timeout time.Duration // per request; a write that times out is ambiguous
 	probe   time.Duration // availability prober's write interval (0: off)
@@ -49,6 +51,90 @@ type run struct {
 	faults  []*fault
 	mon     *leaderMonitor
 	edges   edgeChecker
+
+	objMu   sync.Mutex
+	keys    map[string][]string // object tenant → API key ids created (acknowledged)
+	rules   map[string][]string // object tenant → IP rule ids present (acknowledged)
+	removed map[string][]string // object tenant → IP rule ids removed
+	created map[string]int      // object tenant → IP rules created
+}
+
+// objTenantName is the i-th tenant of API keys and IP rules.
+func (r *run) objTenantName(i int) string { return fmt.Sprintf("%s-o%d", r.prefix, i) }
+
+func (r *run) objectTenant(t string) bool { return strings.HasPrefix(t, r.prefix+"-o") }
+
+// Bounds per object tenant, so that list reads (split into one observation
+// per object for the checker) stay small.
+const (
+	maxKeysPerTenant  = 20
+	maxRulesPresent   = 20
+	maxRulesPerTenant = 60
+)
+
+var objectWeights = []struct {
+	kind opKind
+	w    int
+}{{opCreateKey, 20}, {opRevokeKey, 15}, {opListKeys, 20}, {opAddRule, 15}, {opRemoveRule, 12}, {opListRules, 18}}
+
+// objectOp issues one operation on an API key or IP rule and keeps the pools
+// of ids up to date.
+func (r *run) objectOp(a *apiClient, rnd *mrand.Rand, n *node) op {
+	t := r.objTenantName(rnd.IntN(r.sc.load.objects))
+	x := rnd.IntN(100)
+	kind := opListKeys
+	for _, w := range objectWeights {
+		if x < w.w {
+			kind = w.kind
+			break
+		}
+		x -= w.w
+	}
+	r.objMu.Lock()
+	id := ""
+	switch {
+	case kind == opCreateKey && len(r.keys[t]) >= maxKeysPerTenant:
+		kind = opRevokeKey
+	case kind == opAddRule && (len(r.rules[t]) >= maxRulesPresent || r.created[t] >= maxRulesPerTenant):
+		kind = opRemoveRule
+	}
+	switch kind {
+	case opRevokeKey:
+		if ks := r.keys[t]; len(ks) > 0 {
+			id = ks[rnd.IntN(len(ks))]
+		} else {
+			kind = opCreateKey
+		}
+	case opRemoveRule:
+		if rs, gone := r.rules[t], r.removed[t]; len(rs) > 0 && (len(gone) == 0 || rnd.IntN(10) > 0) {
+			id = rs[rnd.IntN(len(rs))]
+		} else if len(gone) > 0 {
+			id = gone[rnd.IntN(len(gone))] // removing twice: not_found
+		} else {
+			kind = opAddRule
+		}
+	}
+	if kind == opAddRule {
+		r.created[t]++
+	}
+	r.objMu.Unlock()
+	o := a.doObject(n, kind, t, r.nextValue(), id)
+	if o.Out == outOK {
+		r.objMu.Lock()
+		switch kind {
+		case opCreateKey:
+			r.keys[t] = append(r.keys[t], o.Object)
+		case opAddRule:
+			r.rules[t] = append(r.rules[t], o.Object)
+		case opRemoveRule:
+			if i := slices.Index(r.rules[t], id); i >= 0 {
+				r.rules[t] = slices.Delete(r.rules[t], i, i+1)
+				r.removed[t] = append(r.removed[t], id)
+			}
+		}
+		r.objMu.Unlock()
+	}
+	return o
 }
 
 func (r *run) setFaulted(id string, on bool) {
@@ -105,7 +191,8 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 	defer cancel()
 	seed := uint64(time.Now().UnixNano())
 	r := &run{t: t, c: c, sc: sc, hist: newHistory(), rnd: mrand.New(mrand.NewPCG(seed, 1)), faulted: map[string]bool{},
-		prefix: shortName(sc.name) + "-" + strings.ToLower(randomToken(3))}
+		prefix: shortName(sc.name) + "-" + strings.ToLower(randomToken(3)), keys: map[string][]string{},
+		rules: map[string][]string{}, removed: map[string][]string{}, created: map[string]int{}}
 	r.values.Store(1000)
 	t.Logf("scenario %q: nemesis %s, %d cycle(s) of %v fault + %v healed, %d clients on %d tenants (seed %d)",
 		sc.name, sc.nemesis.name(), sc.cycles, sc.fault, sc.heal, sc.load.workers, sc.load.tenants, seed)
@@ -119,6 +206,9 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 	defer setup.close()
 	for i := 0; i < sc.load.tenants; i++ {
 		r.mustDo(ctx, setup, opCreate, r.tenant(i), 0)
+	}
+	for i := 0; i < sc.load.objects; i++ {
+		r.mustDo(ctx, setup, opCreate, r.objTenantName(i), 0)
 	}
 	if sc.load.probe > 0 {
 		r.mustDo(ctx, setup, opCreate, r.probeTenant(), 0)
@@ -235,13 +325,18 @@ func (r *run) worker(id int, seed uint64, stop <-chan struct{}) {
 		default:
 		}
 		n := r.c.nodes[rnd.IntN(len(r.c.nodes))]
-		kind := r.randomKind(rnd)
-		t := r.tenant(rnd.IntN(r.sc.load.tenants))
-		v := 0
-		if kind == opSetRPM {
-			v = r.nextValue()
+		var o op
+		if r.sc.load.objects > 0 && rnd.IntN(100) < 30 {
+			o = r.objectOp(a, rnd, n)
+		} else {
+			kind := r.randomKind(rnd)
+			t := r.tenant(rnd.IntN(r.sc.load.tenants))
+			v := 0
+			if kind == opSetRPM {
+				v = r.nextValue()
+			}
+			o = a.do(n, kind, t, v)
 		}
-		o := a.do(n, kind, t, v)
 		r.hist.add(o)
 		pause := r.sc.load.think
 		if o.Out == outRejected && o.HTTP == 0 && pause < 20*time.Millisecond {
@@ -300,12 +395,16 @@ func (r *run) prober(stop <-chan struct{}) {
 	}
 }
 
-// finalReads reads every tenant linearizably once the faults are over, so the
-// history ends with what the cluster finally holds.
+// finalReads reads every tenant (and its keys and rules) linearizably once
+// the faults are over, so the history ends with what the cluster finally holds.
 func (r *run) finalReads(ctx context.Context, a *apiClient) {
 	for i := 0; i < r.sc.load.tenants; i++ {
 		r.mustDo(ctx, a, opReadRPM, r.tenant(i), 0)
 		r.mustDo(ctx, a, opReadStatus, r.tenant(i), 0)
+	}
+	for i := 0; i < r.sc.load.objects; i++ {
+		r.mustDo(ctx, a, opListKeys, r.objTenantName(i), 0)
+		r.mustDo(ctx, a, opListRules, r.objTenantName(i), 0)
 	}
 }
 
