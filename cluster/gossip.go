@@ -143,18 +143,24 @@ func (g *Gossip) Addr() string {
 func (g *Gossip) Members() []GossipMember {
 	var out []GossipMember
 	for _, n := range g.ml.Members() {
-		m := GossipMember{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: "alive"}
-		_ = json.Unmarshal(n.Meta, &m.Meta)
-		out = append(out, m)
+		out = append(out, toMember(n))
 	}
 	return out
 }
 
-// Member returns the live member with the given name.
+func toMember(n *memberlist.Node) GossipMember {
+	m := GossipMember{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: "alive"}
+	_ = json.Unmarshal(n.Meta, &m.Meta)
+	return m
+}
+
+// Member returns the live member with the given name. Only that member's
+// metadata is decoded: the leader's HTTP address is looked up on every
+// forwarded request, and gossip also carries every edge of the fleet.
 func (g *Gossip) Member(name string) (GossipMember, bool) {
-	for _, m := range g.Members() {
-		if m.Name == name {
-			return m, true
+	for _, n := range g.ml.Members() {
+		if n.Name == name {
+			return toMember(n), true
 		}
 	}
 	return GossipMember{}, false

@@ -328,10 +328,10 @@ func (n *Node) rememberGossipPeers(path string) {
 			}
 			old := maps.Clone(peers)
 			alive := map[string]bool{}
-			for _, m := range n.gossip.Members() {
-				if m.Meta.Role == "server" && m.Name != n.cfg.NodeID && inRaft[m.Name] {
-					alive[m.Name] = true
-					peers[m.Name] = m.Addr
+			for id := range inRaft {
+				if m, ok := n.gossip.Member(id); ok && m.Meta.Role == "server" && id != n.cfg.NodeID {
+					alive[id] = true
+					peers[id] = m.Addr
 				}
 			}
 			var missing []string
