@@ -206,7 +206,7 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	putJSON(w.tx.Bucket(bAudit), auditKey(in.Tenant, e.Seq), e)
 	head.Seq, head.Hash = e.Seq, e.Hash
 	putJSON(heads, tprefix(in.Tenant), &head)
-	w.changed(ChangeAudit, in.Tenant, e.ID, false)
+	w.changes = append(w.changes, Change{Index: w.index, Kind: ChangeAudit, Tenant: in.Tenant, Key: e.ID, Audit: e})
 	return e
 }
 

@@ -401,4 +401,8 @@ type Change struct {
 	Tenant  string     `json:"tenant,omitempty"`
 	Key     string     `json:"key"`
 	Deleted bool       `json:"deleted,omitempty"`
+	// Audit is the appended entry of a ChangeAudit, for in-process consumers
+	// (the leader's detectors read it instead of decoding it back from the
+	// store). Nobody may modify it.
+	Audit *AuditEntry `json:"-"`
 }

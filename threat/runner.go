@@ -75,6 +75,11 @@ type Runner struct {
 	active bool
 	dirty  map[string]struct{}
 	wake   chan struct{}
+	// queued holds entries handed over by OnApply, per tenant in sequence
+	// order, so the analysis need not decode them back from the store;
+	// nQueued bounds them (beyond, entries are read from the store).
+	queued  map[string][]*fsm.AuditEntry
+	nQueued int
 
 	progress sync.Map // tenant → last seq analysed in the current term
 	leading  atomic.Bool
@@ -144,11 +149,15 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		cfg.PollEvery = 100 * time.Millisecond
 	}
 	return &Runner{cfg: cfg, log: cfg.Logger.With("component", "threat"), metrics: newRunnerMetrics(cfg.Registerer),
-		dirty: map[string]struct{}{}, wake: make(chan struct{}, 1)}, nil
+		dirty: map[string]struct{}{}, queued: map[string][]*fsm.AuditEntry{}, wake: make(chan struct{}, 1)}, nil
 }
 
-// OnApply is the FSM's apply hook: it notes which tenants' audit chains grew.
-// It never blocks, and does nothing unless this server leads.
+// maxQueued bounds the entries OnApply hands over in memory (about 50 MB).
+const maxQueued = 100_000
+
+// OnApply is the FSM's apply hook: it notes which tenants' audit chains grew
+// and hands the new entries over. It never blocks, and does nothing unless
+// this server leads.
 func (r *Runner) OnApply(_ uint64, changes []fsm.Change) {
 	r.mu.Lock()
 	if !r.active {
@@ -157,8 +166,14 @@ func (r *Runner) OnApply(_ uint64, changes []fsm.Change) {
 	}
 	n := len(r.dirty)
 	for i := range changes {
-		if changes[i].Kind == fsm.ChangeAudit {
-			r.dirty[changes[i].Tenant] = struct{}{}
+		c := &changes[i]
+		if c.Kind != fsm.ChangeAudit {
+			continue
+		}
+		r.dirty[c.Tenant] = struct{}{}
+		if c.Audit != nil && r.nQueued < maxQueued {
+			r.queued[c.Tenant] = append(r.queued[c.Tenant], c.Audit)
+			r.nQueued++
 		}
 	}
 	grew := len(r.dirty) > n
@@ -218,6 +233,8 @@ func (r *Runner) setActive(on bool) {
 	r.active = on
 	if !on {
 		clear(r.dirty)
+		clear(r.queued)
+		r.nQueued = 0
 	}
 	r.mu.Unlock()
 	r.leading.Store(on)
@@ -413,14 +430,48 @@ const (
 	maxMarks         = 5000
 )
 
+// takeQueued removes and returns the entries handed over for tenant.
+func (r *Runner) takeQueued(tenant string) []*fsm.AuditEntry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q := r.queued[tenant]
+	delete(r.queued, tenant)
+	r.nQueued -= len(q)
+	return q
+}
+
+// nextPage returns the next entries of tenant after cursor: from the handed
+// over ones q when they continue the cursor, otherwise from the store (up
+// to where q resumes). It returns the rest of q.
+func (r *Runner) nextPage(tenant string, cursor uint64, q []*fsm.AuditEntry) (page, rest []*fsm.AuditEntry, err error) {
+	for len(q) > 0 && q[0].Seq <= cursor {
+		q = q[1:]
+	}
+	if len(q) > 0 && q[0].Seq == cursor+1 {
+		n := 1
+		for n < len(q) && n < analysePage && q[n].Seq == q[n-1].Seq+1 {
+			n++
+		}
+		return q[:n], q[n:], nil
+	}
+	limit := analysePage
+	if len(q) > 0 {
+		limit = int(min(uint64(limit), q[0].Seq-cursor-1))
+	}
+	page, err = r.readPage(tenant, cursor, limit)
+	return page, q, err
+}
+
 // analyse runs the detectors over tenant's entries after its cursor and
 // records what they raise, with the watermark of the entry that raised it.
 func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) error {
+	q := r.takeQueued(tenant)
 	for {
-		page, err := r.readPage(tenant, st.cursor[tenant], analysePage)
+		page, rest, err := r.nextPage(tenant, st.cursor[tenant], q)
 		if err != nil {
 			return err
 		}
+		q = rest
 		if len(page) == 0 {
 			return nil
 		}
@@ -445,9 +496,8 @@ func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) erro
 		r.analysed.Add(uint64(len(page)))
 		r.metrics.entries.Add(float64(len(page)))
 		r.progress.Store(tenant, st.cursor[tenant])
-		if len(page) < analysePage {
-			return nil
-		}
+		// Go on until the store has nothing more: entries beyond what was
+		// handed over (the hand-over is bounded) are read from it.
 	}
 }
 
