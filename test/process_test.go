@@ -86,6 +86,7 @@ func (p *serverProc) start(t testing.TB) {
 	cmd := exec.Command(allsourceBinary(t), p.args...)
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		t.Fatalf("start %s: %v", p.id, err)
