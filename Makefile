@@ -6,7 +6,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 HTTP_ADDR ?= 127.0.0.1:8080
 LONG      ?=
 
-.PHONY: run build test test-short test-race test-pkcs11 test-faults bench lint fmt vet docker cluster-up cluster-down clean
+.PHONY: run build test test-short test-race test-pkcs11 test-faults bench lint fmt vet docker cluster-up cluster-env cluster-down clean
 
 ## run: a single-node dev server (embedded storage, local KMS, auth bypass) on $(HTTP_ADDR)
 run: build
@@ -58,18 +58,20 @@ docker: build
 
 ## cluster-up: 3 servers in containers (docker-compose.cluster.yml); the join and operator tokens are
 ## generated once into $(CLUSTER_ENV) (mode 0600, git-ignored), never written in the compose file
+## generated once; a secret missing from an older file is added
 CLUSTER_ENV := .cluster/cluster.env
-cluster-up: docker $(CLUSTER_ENV)
+cluster-up: docker cluster-env
 	docker-compose -p allsource -f docker-compose.cluster.yml up -d
 	@echo "operator token: export ALLSOURCE_TOKEN=\$$(sed -n 's/^ALLSOURCE_BOOTSTRAP_TOKEN=//p' $(CLUSTER_ENV))"
 
-$(CLUSTER_ENV):
-	@mkdir -p $(dir $@) && chmod 700 $(dir $@)
-	@umask 077 && { \
-		echo "ALLSOURCE_JOIN_TOKEN=$$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40)"; \
-		echo "ALLSOURCE_BOOTSTRAP_TOKEN=$$(head -c 96 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 48)"; \
-	} > $@
-	@echo "generated $@ (join token and operator token)"
+cluster-env:
+	@mkdir -p $(dir $(CLUSTER_ENV)) && chmod 700 $(dir $(CLUSTER_ENV)) && touch $(CLUSTER_ENV) && chmod 600 $(CLUSTER_ENV)
+	@grep -q '^ALLSOURCE_JOIN_TOKEN=' $(CLUSTER_ENV) || \
+		echo "ALLSOURCE_JOIN_TOKEN=$$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40)" >> $(CLUSTER_ENV)
+	@grep -q '^ALLSOURCE_BOOTSTRAP_TOKEN=' $(CLUSTER_ENV) || \
+		echo "ALLSOURCE_BOOTSTRAP_TOKEN=$$(head -c 96 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 48)" >> $(CLUSTER_ENV)
+	@grep -q '^ALLSOURCE_KMS_ROOT_KEY=' $(CLUSTER_ENV) || \
+		echo "ALLSOURCE_KMS_ROOT_KEY=$$(head -c 32 /dev/urandom | base64)" >> $(CLUSTER_ENV)
 
 ## cluster-down: stop the compose cluster and delete its volumes (the tokens in $(CLUSTER_ENV) stay)
 cluster-down:
