@@ -342,6 +342,15 @@ func (r *Replica) stream(ctx context.Context, addr string) error {
 		r.frames.Add(1)
 		r.lastContact.Store(r.cfg.Clock.Now().UnixNano())
 		done, err := r.handle(addr, &f)
+		if r.store != nil && rd.Buffered() == 0 {
+			// Every frame that arrived together is written: one fsync
+			// makes them all durable before the edge waits for more.
+			r.mu.Lock()
+			if serr := r.store.sync(); serr != nil {
+				r.log.Error("persisting view changes failed", "err", serr)
+			}
+			r.mu.Unlock()
+		}
 		if f.Type == "hello" && f.HeartbeatMS > 0 {
 			idle = max(3*time.Duration(f.HeartbeatMS)*time.Millisecond, 2*time.Second)
 			wd.Reset(idle)
