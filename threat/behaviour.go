@@ -24,8 +24,9 @@ type actorState struct {
 	first   int64
 	last    int64
 
-	recent window // velocity: the last VelocityActions actions
-	denied window // permission_denied
+	recent []int64 // velocity: times of the last VelocityActions actions (a ring)
+	next   int     // the ring's oldest slot once full
+	denied *window // permission_denied (allocated on the first)
 
 	// Reads: the current window and the mean of past active windows.
 	readStart int64
@@ -50,7 +51,7 @@ func (e *Engine) actor(tenant string, a *fsm.Actor) *actorState {
 	k := tenant + "\x00" + actorKey(a)
 	st, ok := e.actors.get(k)
 	if !ok {
-		st = &actorState{recent: newWindow(e.cfg.VelocityActions), denied: newWindow(max(2*e.cfg.DeniedAttempts, 8))}
+		st = &actorState{recent: make([]int64, 0, e.cfg.VelocityActions)}
 		e.actors.put(k, st)
 	}
 	return st
@@ -193,13 +194,18 @@ func subjectOf(a *fsm.Actor) fsm.Subject {
 }
 
 func (e *Engine) velocity(ent *fsm.AuditEntry, a *actorState, t int64) {
-	a.recent.add(t, "")
-	if !a.recent.full {
-		return
-	}
-	oldest := a.recent.hits[a.recent.next].t // the slot the next add overwrites
-	elapsed := time.Duration(t - oldest)
 	V := e.cfg.VelocityActions
+	if len(a.recent) < V {
+		a.recent = append(a.recent, t)
+		if len(a.recent) < V {
+			return
+		}
+	} else {
+		a.recent[a.next] = t
+		a.next = (a.next + 1) % V
+	}
+	oldest := a.recent[a.next] // the slot the next action overwrites
+	elapsed := time.Duration(t - oldest)
 	if elapsed > e.cfg.VelocityWindow {
 		return
 	}
@@ -222,6 +228,10 @@ func actorLabel(a *fsm.Actor) string {
 }
 
 func (e *Engine) deniedAttempt(ent *fsm.AuditEntry, a *actorState, t int64) {
+	if a.denied == nil {
+		w := newWindow(max(2*e.cfg.DeniedAttempts, 8))
+		a.denied = &w
+	}
 	a.denied.add(t, ent.Resource)
 	T := e.cfg.DeniedAttempts
 	since := t - int64(e.cfg.DeniedWindow)

@@ -242,31 +242,30 @@ type hit struct {
 	tag string
 }
 
-// window keeps the hits of the last span, at most cap of them.
+// window keeps the latest hits, at most max of them: it grows as hits come
+// (most accounts and addresses see one or two failures) and then turns into
+// a ring.
 type window struct {
 	hits []hit
-	next int
-	full bool
+	next int // once full, the oldest slot
+	max  int
 }
 
-func newWindow(capacity int) window { return window{hits: make([]hit, capacity)} }
+func newWindow(capacity int) window { return window{max: capacity} }
 
 func (w *window) add(t int64, tag string) {
-	w.hits[w.next] = hit{t, tag}
-	w.next++
-	if w.next == len(w.hits) {
-		w.next, w.full = 0, true
+	if len(w.hits) < w.max {
+		w.hits = append(w.hits, hit{t, tag})
+		return
 	}
+	w.hits[w.next] = hit{t, tag}
+	w.next = (w.next + 1) % w.max
 }
 
 // each calls fn for every hit not older than since.
 func (w *window) each(since int64, fn func(h hit)) {
-	n := w.next
-	if w.full {
-		n = len(w.hits)
-	}
-	for i := 0; i < n; i++ {
-		if h := w.hits[i]; h.t >= since {
+	for _, h := range w.hits {
+		if h.t >= since {
 			fn(h)
 		}
 	}
