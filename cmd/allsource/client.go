@@ -297,9 +297,11 @@ func runLimit(args []string) error {
 			tier := fs.String("tier", "", "a predefined tier (free, professional, unlimited, dev)")
 			rpm := fs.Int("rpm", 0, "requests per minute")
 			burst := fs.Int("burst", 0, "burst size")
+			minRPM := fs.Int("min-rpm", 0, "adaptive limits: the lowest requests per minute (with -max-rpm)")
+			maxRPM := fs.Int("max-rpm", 0, "adaptive limits: the highest requests per minute (with -min-rpm)")
 			pos, err := parseWith(fs, args)
 			if err == nil {
-				err = needArgs(pos, 1, "allsource limit set TENANT (-tier T | -rpm N [-burst B])")
+				err = needArgs(pos, 1, "allsource limit set TENANT (-tier T | -rpm N [-burst B]) [-min-rpm N -max-rpm M]")
 			}
 			if err != nil {
 				return err
@@ -313,6 +315,9 @@ func runLimit(args []string) error {
 			}
 			if *burst != 0 {
 				body["burst"] = *burst
+			}
+			if *minRPM != 0 || *maxRPM != 0 {
+				body["min_requests_per_minute"], body["max_requests_per_minute"] = *minRPM, *maxRPM
 			}
 			var out json.RawMessage
 			if err := c.do("PUT", "/v1/tenants/"+url.PathEscape(pos[0])+"/rate-limit", body, &out); err != nil {
