@@ -264,7 +264,8 @@ func TestThreatReplayExfiltration(t *testing.T) {
 
 // TestThreatReplayVelocity: a developer makes 25 changes in five seconds.
 // The twentieth is 20 actions in 3.8 s, 2.6× faster than the 10 s limit:
-// score 0.5 + 0.25·log2(2.63)/2 = 0.674 (require_mfa), raised once.
+// score 0.5 + 0.25·log2(2.63)/2 = 0.674 (require_mfa), raised once. A key
+// as fast is only alerted on.
 func TestThreatReplayVelocity(t *testing.T) {
 	s := newThreatStream()
 	normalOffice(s, "acme", 1, 0)
@@ -291,6 +292,20 @@ func TestThreatReplayVelocity(t *testing.T) {
 	}
 	if f := factor(t, ds[0], "actions"); f.Value != 20 {
 		t.Errorf("actions = %+v", f)
+	}
+	// The same speed from an API key (automation) is an alert, not acted on.
+	s = newThreatStream()
+	key := threatKeyActor(hexUser(60), "provisioner", "admin")
+	for i := 0; i < 25; i++ {
+		s.add(fsm.AuditEntry{Tenant: "acme", Time: at.Add(time.Duration(i) * 200 * time.Millisecond), Action: fsm.ActionUserCreated, Actor: key,
+			Resource: "user/" + strconv.Itoa(i), Metadata: map[string]string{"role": "developer"}})
+	}
+	ds = replayThreat(t, threat.Config{}, s.sorted())
+	if len(ds) != 1 || ds[0].Kind != fsm.AnomalyVelocity || ds[0].Level != fsm.LevelAlert || ds[0].Subject.KeyID != key.ID {
+		t.Fatalf("key velocity:%s", describe(ds))
+	}
+	if acts := threat.Plan(&ds[0], fsm.DefaultThreatPolicy("acme"), at, nil); len(acts) != 0 {
+		t.Errorf("key velocity planned %+v, want nothing", acts)
 	}
 }
 

@@ -210,9 +210,15 @@ func (e *Engine) velocity(ent *fsm.AuditEntry, a *actorState, t int64) {
 		return
 	}
 	speed := float64(e.cfg.VelocityWindow) / math.Max(float64(elapsed), float64(time.Millisecond))
+	score := 0.5 + 0.25*min(1, math.Log2(speed)/2)
+	if ent.Actor.Kind != fsm.PrincipalUser {
+		// Keys and the operator token are automation, which is fast by
+		// nature: raised as an alert, never acted upon on speed alone.
+		score = 0.45
+	}
 	e.raise(Detection{Tenant: ent.Tenant, Kind: fsm.AnomalyVelocity, Actor: ent.Actor, Seq: ent.Seq, Time: ent.Time,
 		Key: "ve:" + actorKey(&ent.Actor), Subject: subjectOf(&ent.Actor),
-		Score: 0.5 + 0.25*min(1, math.Log2(speed)/2),
+		Score: score,
 		Factors: []fsm.Factor{
 			f("actions", float64(V), float64(V), "within "+e.cfg.VelocityWindow.String()),
 			f("elapsed_seconds", elapsed.Seconds(), e.cfg.VelocityWindow.Seconds(), ""),
