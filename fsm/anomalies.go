@@ -538,6 +538,13 @@ func applyUndoAnomaly(w *wtx, c *Command) (any, *Error) {
 	if !a.UndoneAt.IsZero() {
 		return nil, errf(CodeFailedPrecondition, "anomaly was already undone")
 	}
+	if !pr.IsOperator() {
+		for _, r := range a.Actions {
+			if r.Applied && !r.Undone && r.Kind == RespBlockIP && r.Scope == "global" {
+				return nil, errf(CodeForbidden, "the anomaly blocked an address for every tenant: only the operator undoes it")
+			}
+		}
+	}
 	now := w.now()
 	for i := range a.Actions {
 		r := &a.Actions[i]

@@ -141,7 +141,24 @@ func threatHandlerCases() map[CommandType][]step {
 				}
 			})
 		}},
-		{name: "twice", by: opP, payload: undo(threatID('a')), want: CodeFailedPrecondition},
+		{name: "twice", by: opP, payload: undo(threatID('a')), want: CodeFailedPrecondition, check: func(t *testing.T, h *harness, _ *Result) {
+			// A global block is the operator's to undo.
+			c := bruteForce(50)
+			c.Anomalies[0].ID, c.Anomalies[0].Actions = threatID('c'), []ResponseAction{{Kind: RespBlockIP, Target: "203.0.113.10/32",
+				Scope: "global", RuleID: threatID('d'), Until: baseTime.Add(time.Hour)}}
+			h.ok(CmdRecordAnomalies, sysP, c)
+		}},
+		{name: "global block by a tenant admin", by: bossP, payload: undo(threatID('c')), want: CodeForbidden},
+		{name: "global block by the operator", by: opP, payload: undo(threatID('c')), check: func(t *testing.T, h *harness, res *Result) {
+			if a := res.Value.(*Anomaly); !a.Actions[0].Undone {
+				t.Fatalf("global block not undone: %+v", a.Actions)
+			}
+			view(t, h.f, func(r *Reader) {
+				if _, ok := r.IPRule("", threatID('d')); ok {
+					t.Errorf("global block rule still there")
+				}
+			})
+		}},
 	}
 
 	pol := func(tenant, scope string, lvl ResponseLevel) *SetThreatPolicyCmd {
