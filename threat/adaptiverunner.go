@@ -120,7 +120,7 @@ func (r *AdaptiveRunner) Tick(ctx context.Context) error {
 			return err
 		}
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		res, err := r.cfg.Node.Apply(actx, cmd)
+		res, err := apply(actx, r.cfg.Node, cmd)
 		cancel()
 		if err != nil {
 			return err

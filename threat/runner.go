@@ -277,7 +277,7 @@ func (r *Runner) term(ctx context.Context) error {
 	r.setActive(true)
 	defer r.setActive(false)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err := r.cfg.Node.Barrier(bctx)
+	err := barrier(bctx, r.cfg.Node)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("barrier: %w", err)
@@ -591,7 +591,7 @@ func (r *Runner) propose(ctx context.Context, cmd fsm.RecordAnomaliesCmd, now ti
 		return err
 	}
 	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	res, err := r.cfg.Node.Apply(actx, c)
+	res, err := apply(actx, r.cfg.Node, c)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("record anomalies: %w", err)
@@ -622,4 +622,37 @@ func (r *Runner) propose(ctx context.Context, cmd fsm.RecordAnomaliesCmd, now ti
 		}
 	}
 	return nil
+}
+
+// apply proposes c and waits for it, or for ctx: a raft call does not watch
+// the context, and a server shutting down must not wait out raft's timeout
+// (the call itself ends when raft shuts down).
+func apply(ctx context.Context, n Node, c fsm.Command) (*fsm.Result, error) {
+	type out struct {
+		res *fsm.Result
+		err error
+	}
+	ch := make(chan out, 1)
+	go func() {
+		res, err := n.Apply(ctx, c)
+		ch <- out{res, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.res, o.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// barrier is Node.Barrier bounded by ctx in the same way.
+func barrier(ctx context.Context, n Node) error {
+	ch := make(chan error, 1)
+	go func() { ch <- n.Barrier(ctx) }()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
