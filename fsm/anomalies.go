@@ -147,9 +147,14 @@ type Anomaly struct {
 }
 
 // ThreatMark is the replicated watermark of one tenant's analysed audit chain.
+// Hash, when set, is the hash of the entry at Seq as the detector saw it:
+// a mark (and the anomalies proposed with it) computed from a log that has
+// since been replaced — a snapshot restored under a running leader — does
+// not match and is ignored.
 type ThreatMark struct {
 	Tenant string `json:"tenant"`
 	Seq    uint64 `json:"seq"`
+	Hash   string `json:"hash,omitempty"`
 }
 
 // RecordAnomaliesCmd is the payload of CmdRecordAnomalies, proposed by the
@@ -363,7 +368,7 @@ func applyRecordAnomalies(w *wtx, c *Command) (any, *Error) {
 		if marks != nil {
 			getJSON(marks, tprefix(m.Tenant), &old)
 		}
-		if m.Seq > old.Seq {
+		if m.Seq > old.Seq && (m.Hash == "" || w.auditHashAt(m.Tenant, m.Seq) == m.Hash) {
 			fresh[m.Tenant] = m.Seq
 		}
 	}
@@ -374,7 +379,7 @@ func applyRecordAnomalies(w *wtx, c *Command) (any, *Error) {
 	}
 	for _, m := range p.Marks { // in the command's order: replicas write alike
 		if seq, ok := fresh[m.Tenant]; ok {
-			putJSON(w.wbucket(bThreatMarks), tprefix(m.Tenant), &ThreatMark{Tenant: m.Tenant, Seq: seq})
+			putJSON(w.wbucket(bThreatMarks), tprefix(m.Tenant), &ThreatMark{Tenant: m.Tenant, Seq: seq, Hash: m.Hash})
 		}
 	}
 	res := &RecordResult{Recorded: []*Anomaly{}}
@@ -403,6 +408,17 @@ func applyRecordAnomalies(w *wtx, c *Command) (any, *Error) {
 		res.Recorded = append(res.Recorded, &a)
 	}
 	return res, nil
+}
+
+// auditHashAt is the hash of tenant's entry seq ("" when there is none).
+func (w *wtx) auditHashAt(tenant string, seq uint64) string {
+	var e struct {
+		Hash string `json:"hash"`
+	}
+	if !getJSON(w.tx.Bucket(bAudit), auditKey(tenant, seq), &e) {
+		return ""
+	}
+	return e.Hash
 }
 
 // anomalyAuditMeta is the metadata of an anomaly_detected entry. The detector

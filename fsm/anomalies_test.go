@@ -99,6 +99,17 @@ func threatHandlerCases() map[CommandType][]step {
 				t.Fatalf("result = %+v, want the known id skipped", rr)
 			}
 		}},
+		{name: "mark from a replaced log", by: sysP, payload: func() *RecordAnomaliesCmd {
+			c := bruteForce(12)
+			c.Marks[0].Hash, c.Anomalies[0].ID = "not-the-hash-of-entry-12", threatID('e')
+			return c
+		}(), check: func(t *testing.T, h *harness, res *Result) {
+			var marks map[string]uint64
+			view(t, h.f, func(r *Reader) { marks = r.ThreatMarks() })
+			if rr := res.Value.(*RecordResult); len(rr.Recorded) != 0 || rr.Skipped != 1 || marks["acme"] != 9 {
+				t.Fatalf("result %+v, mark %d: want the stale mark and its anomaly ignored", rr, marks["acme"])
+			}
+		}},
 		{name: "checkpoint", by: sysP, payload: &RecordAnomaliesCmd{Marks: []ThreatMark{{Tenant: "globex", Seq: 3}, {Tenant: "", Seq: 2}}},
 			check: func(t *testing.T, h *harness, _ *Result) {
 				var marks map[string]uint64

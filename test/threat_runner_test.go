@@ -1,8 +1,10 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -89,6 +91,10 @@ func newThreatRig(t *testing.T) *threatRig {
 	f, err := fsm.Open(t.TempDir(), fsm.Options{Logger: slog.New(slog.DiscardHandler), OnApply: func(i uint64, ch []fsm.Change) {
 		if r := rig.hook.Load(); r != nil {
 			r.OnApply(i, ch)
+		}
+	}, OnRestore: func(i uint64) {
+		if r := rig.hook.Load(); r != nil {
+			r.OnRestore(i)
 		}
 	}})
 	if err != nil {
@@ -282,5 +288,36 @@ func TestThreatRunnerLostRecordIsRedetected(t *testing.T) {
 	a := rig.anomalies()[0]
 	if a.TriggerSeq > m || a.Kind != fsm.AnomalyBruteForce {
 		t.Fatalf("anomaly %+v at mark %d", a, m)
+	}
+}
+
+// TestThreatRunnerAfterRestore: a snapshot restored under a running leader
+// replaces the log the runner was following; it starts over from the
+// restored watermarks, so an attack after the restore (at sequence numbers
+// the runner had already passed before it) is still caught.
+func TestThreatRunnerAfterRestore(t *testing.T) {
+	rig := newThreatRig(t)
+	rig.node.leader.Store(true)
+	var snap bytes.Buffer
+	if err := rig.f.WriteSnapshotTo(&snap); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := rig.runner()
+	rig.failures(hexUser(0), "alice", "198.51.100.7", 40) // analysed, one anomaly
+	threatWait(t, 5*time.Second, "the first attack recorded", func() bool { return len(rig.anomalies()) == 1 })
+	_, head := rig.mark()
+	threatWait(t, 5*time.Second, "the runner at the head", func() bool { return run.AnalysedTo("acme") >= head })
+
+	// Restore the state from before the attack: the log is short again.
+	if err := rig.f.Restore(io.NopCloser(bytes.NewReader(snap.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rig.anomalies()); n != 0 {
+		t.Fatalf("%d anomalies after restoring a snapshot from before them", n)
+	}
+	rig.failures(hexUser(1), "bob", "198.51.100.8", 5)
+	threatWait(t, 5*time.Second, "the attack after the restore recorded", func() bool { return len(rig.anomalies()) == 1 })
+	if a := rig.anomalies()[0]; a.Subject.Username != "bob" {
+		t.Fatalf("anomaly after restore = %+v", a)
 	}
 }

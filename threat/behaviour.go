@@ -159,8 +159,10 @@ func (e *Engine) behaviour(ent *fsm.AuditEntry) {
 	aggregated := ent.Metadata["count"] != ""
 
 	read := e.reads[ent.Action]
-	if !aggregated && !read {
-		e.velocity(ent, a, t) // reads are the data plane: exfiltration watches them
+	if !aggregated && !read && (ent.Actor.Kind == fsm.PrincipalUser || ent.Actor.Kind == fsm.PrincipalAPIKey) {
+		// Reads are the data plane (exfiltration watches them); the operator
+		// token and dev mode are the cluster's own automation.
+		e.velocity(ent, a, t)
 	}
 	if ent.Action == fsm.ActionPermissionDenied || ent.Action == fsm.ActionCrossTenantAttempt {
 		e.deniedAttempt(ent, a, t)
@@ -212,8 +214,8 @@ func (e *Engine) velocity(ent *fsm.AuditEntry, a *actorState, t int64) {
 	speed := float64(e.cfg.VelocityWindow) / math.Max(float64(elapsed), float64(time.Millisecond))
 	score := 0.5 + 0.25*min(1, math.Log2(speed)/2)
 	if ent.Actor.Kind != fsm.PrincipalUser {
-		// Keys and the operator token are automation, which is fast by
-		// nature: raised as an alert, never acted upon on speed alone.
+		// Keys are automation, fast by nature: raised as an alert, never
+		// acted upon on speed alone.
 		score = 0.45
 	}
 	e.raise(Detection{Tenant: ent.Tenant, Kind: fsm.AnomalyVelocity, Actor: ent.Actor, Seq: ent.Seq, Time: ent.Time,

@@ -118,7 +118,7 @@ func BenchmarkRunnerPipeline(b *testing.B) {
 			b.Fatal(err)
 		}
 		eng, _ := NewEngine(Config{})
-		st := &termState{eng: eng, cursor: map[string]uint64{}, pending: map[string]pendingMark{}}
+		st := newTermState(eng)
 		for t := 0; t < 10; t++ {
 			if err := r.analyse(context.Background(), st, "t"+strconv.Itoa(t)); err != nil {
 				b.Fatal(err)

@@ -82,6 +82,7 @@ type Runner struct {
 	nQueued int
 
 	progress sync.Map // tenant → last seq analysed in the current term
+	restored atomic.Bool
 	leading  atomic.Bool
 	ready    atomic.Bool // warm-up done in the current term
 	analysed atomic.Uint64
@@ -186,6 +187,17 @@ func (r *Runner) OnApply(_ uint64, changes []fsm.Change) {
 	}
 }
 
+// OnRestore is the FSM's restore hook: the state was replaced by a snapshot,
+// so the current term's cursors and detector state no longer describe it.
+// The runner starts over from the restored watermarks. It never blocks.
+func (r *Runner) OnRestore(uint64) {
+	r.restored.Store(true)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
 // Leading reports whether the runner is analysing (this server leads and
 // has warmed up).
 func (r *Runner) Leading() bool { return r.leading.Load() && r.ready.Load() }
@@ -210,15 +222,19 @@ func (r *Runner) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.PollEvery)
 	defer t.Stop()
 	for {
-		if r.cfg.Node.IsLeader() {
+		for r.cfg.Node.IsLeader() && ctx.Err() == nil {
 			r.terms.Add(1)
 			err := r.term(ctx)
 			if ctx.Err() != nil {
 				return
 			}
-			if err != nil {
-				r.log.Warn("threat detection paused", "err", err)
+			if !errors.Is(err, errRestored) {
+				if err != nil {
+					r.log.Warn("threat detection paused", "err", err)
+				}
+				break
 			}
+			r.log.Info("threat detection restarting", "reason", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -260,22 +276,32 @@ func (r *Runner) takeDirty() []string {
 type termState struct {
 	eng     *Engine
 	cursor  map[string]uint64      // last analysed seq per tenant
+	hash    map[string]string      // the hash of that entry (marks carry it)
 	pending map[string]pendingMark // analysed, watermark not yet replicated
 	dets    []Detection
 }
 
+func newTermState(eng *Engine) *termState {
+	return &termState{eng: eng, cursor: map[string]uint64{}, hash: map[string]string{}, pending: map[string]pendingMark{}}
+}
+
 type pendingMark struct {
 	seq     uint64
+	hash    string
 	entries int       // analysed since the last replicated mark
 	since   time.Time // first analysed since then (server clock)
 }
 
-var errNotLeading = errors.New("threat: no longer the leader")
+var (
+	errNotLeading = errors.New("threat: no longer the leader")
+	errRestored   = errors.New("threat: the state was restored from a snapshot; starting over")
+)
 
 // term analyses from the replicated watermarks while this server leads.
 func (r *Runner) term(ctx context.Context) error {
 	r.setActive(true)
 	defer r.setActive(false)
+	r.restored.Store(false)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err := barrier(bctx, r.cfg.Node)
 	cancel()
@@ -286,7 +312,7 @@ func (r *Runner) term(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	st := &termState{eng: eng, cursor: map[string]uint64{}, pending: map[string]pendingMark{}}
+	st := newTermState(eng)
 	started := time.Now()
 	warmed, err := r.warm(st)
 	if err != nil {
@@ -301,6 +327,9 @@ func (r *Runner) term(ctx context.Context) error {
 	checkpoint := time.NewTicker(r.cfg.CheckpointEvery)
 	defer checkpoint.Stop()
 	for {
+		if r.restored.Load() {
+			return errRestored
+		}
 		for _, t := range r.takeDirty() {
 			if err := r.analyse(ctx, st, t); err != nil {
 				return err
@@ -477,9 +506,9 @@ func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) erro
 		}
 		for i, e := range page {
 			st.dets = append(st.dets, st.eng.Process(e)...)
-			st.cursor[tenant] = e.Seq
+			st.cursor[tenant], st.hash[tenant] = e.Seq, e.Hash
 			if len(st.dets) >= maxDetsPerRecord || len(st.dets) > 0 && i == len(page)-1 {
-				if err := r.record(ctx, tenant, e.Seq, st.dets); err != nil {
+				if err := r.record(ctx, fsm.ThreatMark{Tenant: tenant, Seq: e.Seq, Hash: e.Hash}, st.dets); err != nil {
 					return err
 				}
 				st.dets = st.dets[:0]
@@ -489,7 +518,7 @@ func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) erro
 				if !ok {
 					pm.since = time.Now()
 				}
-				pm.seq, pm.entries = e.Seq, pm.entries+1
+				pm.seq, pm.hash, pm.entries = e.Seq, e.Hash, pm.entries+1
 				st.pending[tenant] = pm
 			}
 		}
@@ -513,6 +542,7 @@ type auditLite struct {
 	Outcome  fsm.Outcome       `json:"outcome"`
 	IP       string            `json:"ip"`
 	Metadata map[string]string `json:"metadata"`
+	Hash     string            `json:"hash"`
 }
 
 // readPage reads up to n entries of tenant's chain after seq, decoding them
@@ -536,7 +566,7 @@ func (r *Runner) readPage(tenant string, after uint64, n int) ([]*fsm.AuditEntry
 					return
 				}
 				out[i] = &fsm.AuditEntry{Tenant: l.Tenant, Seq: l.Seq, Time: l.Time, Action: l.Action, Actor: l.Actor,
-					Resource: l.Resource, Outcome: l.Outcome, IP: l.IP, Metadata: l.Metadata}
+					Resource: l.Resource, Outcome: l.Outcome, IP: l.IP, Metadata: l.Metadata, Hash: l.Hash}
 			}
 		}()
 	}
@@ -544,13 +574,13 @@ func (r *Runner) readPage(tenant string, after uint64, n int) ([]*fsm.AuditEntry
 	return out, errors.Join(errs...)
 }
 
-// record proposes tenant's watermark seq with the detections raised up to
-// it and their planned actions, as one command.
-func (r *Runner) record(ctx context.Context, tenant string, seq uint64, dets []Detection) error {
+// record proposes a tenant's watermark with the detections raised up to it
+// and their planned actions, as one command.
+func (r *Runner) record(ctx context.Context, mark fsm.ThreatMark, dets []Detection) error {
 	now := r.cfg.Now()
 	var pol fsm.ThreatPolicy
-	_ = r.cfg.FSM.View(func(rd *fsm.Reader) error { pol = rd.ThreatPolicy(tenant); return nil })
-	cmd := fsm.RecordAnomaliesCmd{Marks: []fsm.ThreatMark{{Tenant: tenant, Seq: seq}}}
+	_ = r.cfg.FSM.View(func(rd *fsm.Reader) error { pol = rd.ThreatPolicy(mark.Tenant); return nil })
+	cmd := fsm.RecordAnomaliesCmd{Marks: []fsm.ThreatMark{mark}}
 	for i := range dets {
 		d := &dets[i]
 		cmd.Anomalies = append(cmd.Anomalies, ToAnomaly(d, Plan(d, pol, now, r.cfg.ExemptIPs)))
@@ -565,7 +595,7 @@ func (r *Runner) checkpoint(ctx context.Context, st *termState, force bool) erro
 	var marks []fsm.ThreatMark
 	for t, pm := range st.pending {
 		if force || pm.entries >= r.cfg.CheckpointEntries || time.Since(pm.since) >= r.cfg.CheckpointAge {
-			marks = append(marks, fsm.ThreatMark{Tenant: t, Seq: pm.seq})
+			marks = append(marks, fsm.ThreatMark{Tenant: t, Seq: pm.seq, Hash: pm.hash})
 		}
 	}
 	sort.Slice(marks, func(i, j int) bool { return marks[i].Tenant < marks[j].Tenant })

@@ -37,7 +37,7 @@ func newHandoffRig(t *testing.T) *handoffRig {
 		t.Fatal(err)
 	}
 	eng, _ := NewEngine(Config{})
-	h.st = &termState{eng: eng, cursor: map[string]uint64{}, pending: map[string]pendingMark{}}
+	h.st = newTermState(eng)
 	h.r.setActive(true)
 	return h
 }
@@ -115,7 +115,7 @@ func BenchmarkRunnerHandoff(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		r, _ := NewRunner(RunnerConfig{FSM: f, Node: node, NodeID: "bench", Logger: slog.New(slog.DiscardHandler)})
 		eng, _ := NewEngine(Config{})
-		st := &termState{eng: eng, cursor: map[string]uint64{}, pending: map[string]pendingMark{}}
+		st := newTermState(eng)
 		r.setActive(true)
 		for _, ch := range changes {
 			r.OnApply(0, ch)

@@ -198,7 +198,7 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 	p.sec = newSecrets(log)
 	f, err := fsm.Open(filepath.Join(cfg.DataDir, "fsm"), fsm.Options{Logger: log,
 		OnApply:   func(i uint64, ch []fsm.Change) { p.hub.OnApply(i, ch); p.threat.onApply(i, ch); p.sec.onApply(i, ch) },
-		OnRestore: func(i uint64) { p.hub.OnRestore(i); p.sec.changed() }})
+		OnRestore: func(i uint64) { p.hub.OnRestore(i); p.sec.changed(); p.threat.onRestore(i) }})
 	if err != nil {
 		cancel()
 		return nil, err

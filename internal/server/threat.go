@@ -106,6 +106,13 @@ func (t *threatParts) onApply(index uint64, changes []fsm.Change) {
 	}
 }
 
+// onRestore tells the detector runner the state was replaced by a snapshot.
+func (t *threatParts) onRestore(index uint64) {
+	if r := t.runner.Load(); r != nil {
+		r.OnRestore(index)
+	}
+}
+
 // wait blocks until the threat goroutines have stopped (after ctx ended).
 func (t *threatParts) wait() { t.wg.Wait() }
 
