@@ -95,7 +95,7 @@ func (r *run) check(ctx context.Context) *result {
 		if f.stepDown != 0 { // an isolated leader
 			res.StepDown = append(res.StepDown, f.stepDown)
 			for _, o := range ops {
-				if o.Node == f.oldLeader && o.Kind.isWrite() && o.Out == outOK && o.Call >= f.at && o.Ret <= f.healed {
+				if o.Node == f.oldLeader && o.Kind.isWrite() && o.Out == outOK && o.Call >= f.cutAt && o.Ret <= f.healed {
 					res.IsolatedAcks++
 					r.t.Errorf("%s: the cut-off old leader %s acknowledged a write: %v", r.sc.name, f.oldLeader, o)
 				}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 //	FAULTS_STABILITY=D  length of the leader-stability run (default 10m)
 //	FAULTS_TIMINGS=H,E,L  raft heartbeat, election and lease timeouts for the
 //	                    servers (default: the binary's defaults)
+//	FAULTS_SCENARIOS=RE only the scenarios whose name (as in the subtest) matches RE
 
 func TestMain(m *testing.M) {
 	if environmentProblem() == "" {
@@ -98,7 +100,14 @@ func TestFaults(t *testing.T) {
 	c := startCluster(t, 3, timings)
 	t.Logf("cluster of %d servers up in %v (raft timings: %v)", len(c.nodes), time.Since(start).Round(100*time.Millisecond), timings)
 	var rows []*result
+	var only *regexp.Regexp
+	if v := os.Getenv("FAULTS_SCENARIOS"); v != "" {
+		only = regexp.MustCompile(v)
+	}
 	for _, sc := range scenarios() {
+		if only != nil && !only.MatchString(shortName(sc.name)) {
+			continue
+		}
 		ok := t.Run(shortName(sc.name), func(t *testing.T) {
 			c.t = t
 			res := runScenario(t, c, sc)

@@ -22,11 +22,17 @@ type fault struct {
 	// whole-cluster restart); the time to the first acknowledged write after
 	// it is the failover time.
 	leaderLoss bool
+	// at is taken just before the fault is injected (docker and nsenter take
+	// tens of milliseconds), so failover times err on the long side.
+	//
 	// fromHeal: measure the failover from the heal (the restart), not from
 	// the injection (whole-cluster restarts: nothing can answer while down).
 	fromHeal    bool
 	recoverFrom int64
 	oldLeader   string
+	// cutAt: when the partition was complete (every rule in place); writes
+	// the cut-off old leader acknowledges after it are violations.
+	cutAt int64
 	// stepDown: how long the isolated old leader kept claiming leadership
 	// (isolation nemeses only; -1 if it never stopped while isolated).
 	stepDown time.Duration
@@ -82,10 +88,11 @@ func (k killNemesis) inject(ctx context.Context, r *run) (*fault, func(context.C
 		return nil, nil, err
 	}
 	r.setFaulted(n.id, true)
+	at := r.hist.now() // before the command: failover is measured conservatively
 	if err := r.c.kill(ctx, n); err != nil {
 		return nil, nil, err
 	}
-	f := &fault{kind: k.name(), victims: []string{n.id}, at: r.hist.now(), leaderLoss: k.tg == leaderNode, oldLeader: n.id}
+	f := &fault{kind: k.name(), victims: []string{n.id}, at: at, leaderLoss: k.tg == leaderNode, oldLeader: n.id}
 	return f, func(ctx context.Context) error {
 		defer r.setFaulted(n.id, false)
 		return r.c.start(ctx, n)
@@ -104,10 +111,11 @@ func (p pauseNemesis) inject(ctx context.Context, r *run) (*fault, func(context.
 		return nil, nil, err
 	}
 	r.setFaulted(n.id, true)
+	at := r.hist.now()
 	if err := r.c.pause(ctx, n); err != nil {
 		return nil, nil, err
 	}
-	f := &fault{kind: p.name(), victims: []string{n.id}, at: r.hist.now(), leaderLoss: p.tg == leaderNode, oldLeader: n.id}
+	f := &fault{kind: p.name(), victims: []string{n.id}, at: at, leaderLoss: p.tg == leaderNode, oldLeader: n.id}
 	return f, func(ctx context.Context) error {
 		defer r.setFaulted(n.id, false)
 		return r.c.unpause(ctx, n)
@@ -121,6 +129,7 @@ func (restartAllNemesis) name() string { return "kill -9 all, restart" }
 
 func (ra restartAllNemesis) inject(ctx context.Context, r *run) (*fault, func(context.Context) error, error) {
 	l, _ := r.c.leader(ctx)
+	at := r.hist.now()
 	var wg sync.WaitGroup
 	errs := make([]error, len(r.c.nodes))
 	for i, n := range r.c.nodes {
@@ -132,7 +141,7 @@ func (ra restartAllNemesis) inject(ctx context.Context, r *run) (*fault, func(co
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, err
 	}
-	f := &fault{kind: ra.name(), victims: ids(r.c.nodes), at: r.hist.now(), leaderLoss: true, fromHeal: true}
+	f := &fault{kind: ra.name(), victims: ids(r.c.nodes), at: at, leaderLoss: true, fromHeal: true}
 	if l != nil {
 		f.oldLeader = l.id
 	}
@@ -212,6 +221,7 @@ func (p partitionNemesis) inject(ctx context.Context, r *run) (*fault, func(cont
 	}
 	others := r.c.others(n)
 	heal := func(ctx context.Context) error { return r.c.healAllNetworks(ctx) }
+	at := r.hist.now()
 	if err := r.c.dropFrom(ctx, n, others...); err != nil {
 		_ = heal(ctx)
 		return nil, nil, err
@@ -224,7 +234,7 @@ func (p partitionNemesis) inject(ctx context.Context, r *run) (*fault, func(cont
 			}
 		}
 	}
-	f := &fault{kind: p.name(), victims: []string{n.id}, at: r.hist.now(), leaderLoss: p.tg == leaderNode}
+	f := &fault{kind: p.name(), victims: []string{n.id}, at: at, cutAt: r.hist.now(), leaderLoss: p.tg == leaderNode}
 	if p.tg == leaderNode {
 		f.oldLeader, f.stepDown = n.id, -1
 		// How long does the cut-off leader keep claiming leadership? It must
