@@ -90,12 +90,12 @@ func (r *run) check(ctx context.Context) *result {
 	res.LeaderChanges, res.Elections, res.Leaders = r.mon.changes()
 	for _, f := range r.faults {
 		if f.leaderLoss {
-			res.Recovery = append(res.Recovery, recoveryAfter(ops, f.recoverFrom))
+			res.Recovery = append(res.Recovery, recoveryAfter(ops, f.recoverFrom, f.invokedAfter))
 		}
 		if f.stepDown != 0 { // an isolated leader
 			res.StepDown = append(res.StepDown, f.stepDown)
 			for _, o := range ops {
-				if o.Node == f.oldLeader && o.Kind.isWrite() && o.Out == outOK && o.Call >= f.cutAt && o.Ret <= f.healed {
+				if o.Node == f.oldLeader && o.Kind.isWrite() && o.Out == outOK && o.Call >= f.inPlace && o.Ret <= f.healed {
 					res.IsolatedAcks++
 					r.t.Errorf("%s: the cut-off old leader %s acknowledged a write: %v", r.sc.name, f.oldLeader, o)
 				}

@@ -23,16 +23,19 @@ type fault struct {
 	// it is the failover time.
 	leaderLoss bool
 	// at is taken just before the fault is injected (docker and nsenter take
-	// tens of milliseconds), so failover times err on the long side.
+	// tens of milliseconds).
 	//
 	// fromHeal: measure the failover from the heal (the restart), not from
 	// the injection (whole-cluster restarts: nothing can answer while down).
-	fromHeal    bool
-	recoverFrom int64
-	oldLeader   string
-	// cutAt: when the partition was complete (every rule in place); writes
-	// the cut-off old leader acknowledges after it are violations.
-	cutAt int64
+	fromHeal                  bool
+	recoverFrom, invokedAfter int64
+	oldLeader                 string
+	// inPlace: when the fault was complete (the command returned, every
+	// rule in place). Failover is the time from at to the first write invoked
+	// after inPlace that is acknowledged — an upper bound, as the fault took
+	// effect somewhere in [at, inPlace]; writes a cut-off old leader
+	// acknowledges after inPlace are violations.
+	inPlace int64
 	// stepDown: how long the isolated old leader kept claiming leadership
 	// (isolation nemeses only; -1 if it never stopped while isolated).
 	stepDown time.Duration
@@ -92,7 +95,7 @@ func (k killNemesis) inject(ctx context.Context, r *run) (*fault, func(context.C
 	if err := r.c.kill(ctx, n); err != nil {
 		return nil, nil, err
 	}
-	f := &fault{kind: k.name(), victims: []string{n.id}, at: at, leaderLoss: k.tg == leaderNode, oldLeader: n.id}
+	f := &fault{kind: k.name(), victims: []string{n.id}, at: at, inPlace: r.hist.now(), leaderLoss: k.tg == leaderNode, oldLeader: n.id}
 	return f, func(ctx context.Context) error {
 		defer r.setFaulted(n.id, false)
 		return r.c.start(ctx, n)
@@ -115,7 +118,7 @@ func (p pauseNemesis) inject(ctx context.Context, r *run) (*fault, func(context.
 	if err := r.c.pause(ctx, n); err != nil {
 		return nil, nil, err
 	}
-	f := &fault{kind: p.name(), victims: []string{n.id}, at: at, leaderLoss: p.tg == leaderNode, oldLeader: n.id}
+	f := &fault{kind: p.name(), victims: []string{n.id}, at: at, inPlace: r.hist.now(), leaderLoss: p.tg == leaderNode, oldLeader: n.id}
 	return f, func(ctx context.Context) error {
 		defer r.setFaulted(n.id, false)
 		return r.c.unpause(ctx, n)
@@ -141,7 +144,7 @@ func (ra restartAllNemesis) inject(ctx context.Context, r *run) (*fault, func(co
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, err
 	}
-	f := &fault{kind: ra.name(), victims: ids(r.c.nodes), at: at, leaderLoss: true, fromHeal: true}
+	f := &fault{kind: ra.name(), victims: ids(r.c.nodes), at: at, inPlace: r.hist.now(), leaderLoss: true, fromHeal: true}
 	if l != nil {
 		f.oldLeader = l.id
 	}
@@ -234,7 +237,7 @@ func (p partitionNemesis) inject(ctx context.Context, r *run) (*fault, func(cont
 			}
 		}
 	}
-	f := &fault{kind: p.name(), victims: []string{n.id}, at: at, cutAt: r.hist.now(), leaderLoss: p.tg == leaderNode}
+	f := &fault{kind: p.name(), victims: []string{n.id}, at: at, inPlace: r.hist.now(), leaderLoss: p.tg == leaderNode}
 	if p.tg == leaderNode {
 		f.oldLeader, f.stepDown = n.id, -1
 		// How long does the cut-off leader keep claiming leadership? It must
@@ -298,7 +301,8 @@ func (d delayNemesis) inject(ctx context.Context, r *run) (*fault, func(context.
 		}
 		all = append(all, held{n, rule, dl})
 	}
-	f := &fault{kind: d.name(), victims: ids(r.c.nodes), at: r.hist.now()}
+	now := r.hist.now()
+	f := &fault{kind: d.name(), victims: ids(r.c.nodes), at: now, inPlace: now}
 	return f, heal, nil
 }
 

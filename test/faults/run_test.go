@@ -241,9 +241,9 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 		sleepCtx(ctx, sc.fault) // the fault's duration: a deliberate sleep
 		if f != nil {
 			f.healed = r.hist.now()
-			f.recoverFrom = f.at
+			f.recoverFrom, f.invokedAfter = f.at, f.inPlace
 			if f.fromHeal {
-				f.recoverFrom = f.healed
+				f.recoverFrom, f.invokedAfter = f.healed, f.healed
 			}
 			r.faults = append(r.faults, f)
 		}
@@ -485,11 +485,11 @@ func (m *leaderMonitor) changes() (leaderChanges int, elections uint64, seq []st
 // ---- availability figures from the history ----
 
 // recoveryAfter is the time from t0 to the first acknowledged write invoked
-// at or after t0 (-1 if none).
-func recoveryAfter(ops []op, t0 int64) time.Duration {
+// at or after invokedAfter (-1 if none).
+func recoveryAfter(ops []op, t0, invokedAfter int64) time.Duration {
 	best := int64(-1)
 	for _, o := range ops {
-		if o.Kind.isWrite() && o.Out == outOK && o.Call >= t0 && (best < 0 || o.Ret < best) {
+		if o.Kind.isWrite() && o.Out == outOK && o.Call >= invokedAfter && (best < 0 || o.Ret < best) {
 			best = o.Ret
 		}
 	}
