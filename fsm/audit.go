@@ -42,6 +42,8 @@ const (
 	ActionKMSKeyCreated      Action = "kms_key_created"
 	ActionKMSKeyRotated      Action = "kms_key_rotated"
 	ActionKMSOperation       Action = "kms_operation"
+	ActionKMSKeyGranted      Action = "kms_key_granted"
+	ActionKMSKeyGrantRevoked Action = "kms_key_grant_revoked"
 	ActionSigningKeyRotated  Action = "signing_key_rotated"
 	ActionSnapshotTaken      Action = "snapshot_taken"
 	ActionSnapshotRestored   Action = "snapshot_restored"

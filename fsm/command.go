@@ -47,6 +47,8 @@ const (
 	CmdMFAActivate
 	CmdMFADisable
 	CmdMFAUseRecovery
+	CmdPutKMSKey
+	CmdGrantKMSKey
 	// Append new command types here, never above.
 )
 
@@ -64,7 +66,7 @@ var cmdNames = [...]string{
 	CmdSetSigningKeyState: "set_signing_key_state", CmdPruneExpired: "prune_expired",
 	CmdRecordAnomalies: "record_anomalies", CmdUndoAnomaly: "undo_anomaly", CmdSetThreatPolicy: "set_threat_policy",
 	CmdMFAEnroll: "mfa_enroll", CmdMFAActivate: "mfa_activate", CmdMFADisable: "mfa_disable",
-	CmdMFAUseRecovery: "mfa_use_recovery",
+	CmdMFAUseRecovery: "mfa_use_recovery", CmdPutKMSKey: "put_kms_key", CmdGrantKMSKey: "grant_kms_key",
 }
 
 func (t CommandType) String() string {

@@ -38,7 +38,7 @@ func genCommand(c chooser, i uint64) (CommandType, Principal, any) {
 	p := pick(c, "principal", genPrincipals...)
 	tenant := pick(c, "tenant", genTenants...)
 	at := baseTime.Add(time.Duration(i) * time.Second)
-	switch c.intn("type", 11) {
+	switch c.intn("type", 13) {
 	case 0, 1:
 		return CmdCreateTenant, p, &CreateTenantCmd{ID: tenant, Name: pick(c, "name", "", "Name", "bad\nname"),
 			Tier: pick(c, "tier", genTiers...), Quotas: Quotas{MaxUsers: pick(c, "quota", 0, 10, -1)}}
@@ -95,6 +95,18 @@ func genCommand(c chooser, i uint64) (CommandType, Principal, any) {
 	case 9:
 		return CmdBootstrapOperator, pick(c, "bootstrapper", sysP, opP), &BootstrapOperatorCmd{
 			Token: OperatorToken{ID: "root", Hash: strings.Repeat("0", pick(c, "hash len", 64, 10))}}
+	case 10:
+		name := pick(c, "kms key", "pii", "tokens", "a.b")
+		rev := uint64(pick(c, "revision", 1, 1, 2, 3, 5))
+		versions := int(rev)
+		if c.intn("shape", 4) == 0 {
+			versions = pick(c, "versions", 1, 3)
+		}
+		return CmdPutKMSKey, p, &PutKMSKeyCmd{Name: name, Tenant: pick(c, "kms owner", "", "", "acme", "globex"), Revision: rev,
+			Record: kmsRecord(name, rev, versions, pick(c, "min dec", 1, 1, 2), pick(c, "backend", "local", "local", "aws"))}
+	case 11:
+		return CmdGrantKMSKey, p, &GrantKMSKeyCmd{Name: pick(c, "kms key", "pii", "tokens", "none"), Tenant: tenant,
+			Revoke: c.intn("revoke", 3) == 0}
 	default:
 		return CmdNoop, p, nil
 	}

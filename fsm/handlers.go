@@ -72,6 +72,10 @@ func handlers(t CommandType) (handler, bool) {
 		return applyMFADisable, true
 	case CmdMFAUseRecovery:
 		return applyMFAUseRecovery, true
+	case CmdPutKMSKey:
+		return applyPutKMSKey, true
+	case CmdGrantKMSKey:
+		return applyGrantKMSKey, true
 	}
 	return nil, false
 }

@@ -396,6 +396,9 @@ func handlerCases() map[CommandType][]step {
 	for c, steps := range threatHandlerCases() { // anomalies_test.go
 		cases[c] = steps
 	}
+	for c, steps := range kmsHandlerCases() { // kmskeys_test.go
+		cases[c] = steps
+	}
 	return cases
 }
 

@@ -234,6 +234,7 @@ func applyDeleteTenant(w *wtx, c *Command) (any, *Error) {
 	for _, bn := range [][]byte{bAPIKeys, bIPRules} {
 		deleteWhere(w.tx.Bucket(bn), func(v []byte) bool { return recordTenant(v) == p.ID })
 	}
+	releaseTenantKMSKeys(w, p.ID)
 	w.changed(ChangeTenant, p.ID, p.ID, true)
 	w.audit(p.ID, ActionTenantDeleted, "tenant/"+p.ID, OutcomeSuccess, nil)
 	return nil, nil
