@@ -165,6 +165,13 @@ func decodeText(b []byte) ([]byte, error) {
 		return nil, malformed("neither a binary ciphertext nor text starting with %q", TextPrefix)
 	}
 	body := b[len(TextPrefix):]
+	// The decoder skips '\r' and '\n' anywhere in its input; the text form
+	// admits only the base64url alphabet, so one ciphertext has one text form.
+	for _, c := range body {
+		if !isBase64URL(c) {
+			return nil, malformed("text form is not unpadded base64url")
+		}
+	}
 	out := make([]byte, base64.RawURLEncoding.DecodedLen(len(body)))
 	n, err := base64.RawURLEncoding.Strict().Decode(out, body)
 	if err != nil {
@@ -178,6 +185,10 @@ func decodeText(b []byte) ([]byte, error) {
 		return nil, malformed("text form does not hold a binary ciphertext")
 	}
 	return out, nil
+}
+
+func isBase64URL(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_'
 }
 
 // appendHeader appends magic, version, kind, key name, key version, and

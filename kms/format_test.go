@@ -2,9 +2,11 @@ package kms
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -85,6 +87,8 @@ func TestParseCiphertextRejects(t *testing.T) {
 		"trailing bytes":     {append(bytes.Clone(good), 0), "1 trailing bytes"},
 		"secret trailing":    {[]byte{0xA5, 1, 2, 1, 'k', 0, 0, 0, 1, 0, 1, 'a', 'b'}, "trailing bytes"},
 		"text bad base64":    {[]byte("asg:v1:!!!!"), "base64url"},
+		"text newline":       {[]byte("asg:v1:" + base64.RawURLEncoding.EncodeToString(good)[:8] + "\n" + base64.RawURLEncoding.EncodeToString(good)[8:]), "base64url"},
+		"text CR":            {[]byte("asg:v1:" + base64.RawURLEncoding.EncodeToString(good) + "\r"), "base64url"},
 		"text padded":        {[]byte("asg:v1:" + base64.URLEncoding.EncodeToString(good)), "base64url"},
 		"text other version": {[]byte("asg:v2:AAAA"), "text prefix not supported"},
 		"text of text":       {[]byte("asg:v1:" + base64.RawURLEncoding.EncodeToString([]byte("asg:v1:x"))), "does not hold a binary"},
@@ -141,6 +145,85 @@ func FuzzParseCiphertext(f *testing.F) {
 		again, err := ParseCiphertext(bin)
 		if err != nil || again.KeyName != ct.KeyName || again.KeyVersion != ct.KeyVersion || !bytes.Equal(again.WrappedKey, ct.WrappedKey) {
 			t.Fatalf("re-parse: %v", err)
+		}
+	})
+}
+
+// FuzzDecryptField drives arbitrary bytes through the whole decryption path
+// (parser, key record checks, data-key unwrap, AES-GCM) and Rewrap, on the
+// local backend with a key of two versions, version 1 retired. Neither
+// panics; every failure is one of the package's errors; and anything that
+// decrypts is one of the values the seeds encrypted (no forgery: only a
+// real ciphertext, in either form, opens).
+func FuzzDecryptField(f *testing.F) {
+	ctx := context.Background()
+	p, err := NewLocalProvider(testRootKey(f))
+	if err != nil {
+		f.Fatal(err)
+	}
+	kr, err := NewKeyring(KeyringConfig{Store: NewMemKeyStore(), Providers: []Provider{p}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if _, err := kr.CreateKey(ctx, "pii", KeyOptions{}); err != nil {
+		f.Fatal(err)
+	}
+	enc := NewEncryptor(kr, EncryptorConfig{})
+	c := Context{Tenant: "acme", Field: "email"}
+	known := map[string]bool{}
+	var seeds [][]byte
+	add := func(pt string, secret bool) {
+		var ct []byte
+		var err error
+		if secret {
+			ct, err = enc.EncryptSecret(ctx, "pii", []byte(pt), c)
+		} else {
+			ct, err = enc.EncryptField(ctx, "pii", []byte(pt), c)
+		}
+		if err != nil {
+			f.Fatal(err)
+		}
+		known[pt] = true
+		seeds = append(seeds, ct, []byte(EncodeText(ct)), ct[:len(ct)-1])
+	}
+	add("retired@acme.test", false)
+	add("retired secret", true)
+	if _, err := kr.RotateKey(ctx, "pii"); err != nil {
+		f.Fatal(err)
+	}
+	add("ann@acme.test", false)
+	add("", false)
+	add("signing key seed", true)
+	if _, err := kr.SetMinDecryptionVersion(ctx, "pii", 2); err != nil {
+		f.Fatal(err)
+	}
+	delete(known, "retired@acme.test")
+	delete(known, "retired secret")
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Add([]byte(nil))
+	f.Add([]byte("asg:v1:"))
+	sentinels := []error{ErrMalformedCiphertext, ErrDecrypt, ErrKeyNotFound, ErrKeyMismatch, ErrVersionRetired}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		pt, err := enc.DecryptField(ctx, "", in, c)
+		if err == nil && !known[string(pt)] {
+			t.Fatalf("decrypted to %q, which no seed encrypted", pt)
+		}
+		out, rerr := enc.Rewrap(ctx, "pii", in, c)
+		for _, e := range []error{err, rerr} {
+			if e != nil && !slices.ContainsFunc(sentinels, func(s error) bool { return errors.Is(e, s) }) {
+				t.Fatalf("unexpected error class: %v", e)
+			}
+		}
+		if (err == nil) != (rerr == nil) {
+			t.Fatalf("DecryptField and Rewrap disagree: %v / %v", err, rerr)
+		}
+		if rerr == nil {
+			back, err := enc.DecryptField(ctx, "pii", out, c)
+			if err != nil || !bytes.Equal(back, pt) {
+				t.Fatalf("rewrapped ciphertext: %q %v", back, err)
+			}
 		}
 	})
 }
