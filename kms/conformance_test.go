@@ -187,6 +187,18 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) conformanceBacke
 		if err != nil || !bytes.Equal(same, ct1) {
 			t.Fatalf("rewrap at newest version changed the ciphertext: %v", err)
 		}
+		// Already at the newest version, a ciphertext is still authenticated:
+		// in another context, or damaged, it does not pass as rewrapped.
+		for _, in := range [][]byte{ct1, sct1} {
+			if _, err := e.enc.Rewrap(ctx, e.key, in, Context{Tenant: "globex", Field: "email"}); !errors.Is(err, ErrDecrypt) {
+				t.Fatalf("rewrap at newest version in the wrong context: %v", err)
+			}
+			bad := bytes.Clone(in)
+			bad[len(bad)-1] ^= 1
+			if _, err := e.enc.Rewrap(ctx, e.key, bad, acmeEmail); !errors.Is(err, ErrDecrypt) {
+				t.Fatalf("rewrap of a damaged newest-version ciphertext: %v", err)
+			}
+		}
 		if _, err := e.kr.RotateKey(ctx, e.key); err != nil {
 			t.Fatal(err)
 		}

@@ -177,15 +177,22 @@ func (e *Encryptor) decrypt(ctx context.Context, rec *KeyRecord, ct *Ciphertext,
 // inside this call under a data key of the newest version (the associated
 // data binds the version, so the payload is re-sealed); a wrapped secret is
 // rewrapped inside the backend (Vault rewrap, AWS ReEncrypt). A ciphertext
-// already at the newest version comes back as it was. The result has the
-// form (binary or text) of the input. Retired versions are refused
-// (ErrVersionRetired), as Vault does.
+// already at the newest version is authenticated in the given context (as
+// Vault's rewrap does: it decrypts first) and comes back as it was, so a
+// forged, damaged or misplaced ciphertext fails with ErrDecrypt whatever its
+// version. The result has the form (binary or text) of the input. Retired
+// versions are refused (ErrVersionRetired), as Vault does.
 func (e *Encryptor) Rewrap(ctx context.Context, keyName string, ciphertext []byte, c Context) ([]byte, error) {
 	ct, rec, err := e.open(ctx, keyName, ciphertext, c)
 	if err != nil {
 		return nil, err
 	}
 	if ct.KeyVersion == rec.LatestVersion() {
+		pt, err := e.decrypt(ctx, rec, ct, c)
+		if err != nil {
+			return nil, err
+		}
+		clear(pt)
 		return append([]byte(nil), ciphertext...), nil
 	}
 	var out []byte

@@ -256,6 +256,10 @@ func TestPKCS11RegistryAndSessionLimit(t *testing.T) {
 	}
 }
 
+// BenchmarkPKCS11SoftHSM runs against SoftHSM2 (a software token loaded into
+// the test process through cgo): it measures the PKCS#11 call path and
+// SoftHSM's own cryptography and object handling, not a hardware HSM's
+// latency.
 func BenchmarkPKCS11SoftHSM(b *testing.B) {
 	benchBackend(b, newTestPKCS11(b, nil))
 }
