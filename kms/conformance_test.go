@@ -346,9 +346,12 @@ func runConformance(t *testing.T, newBackend func(t *testing.T) conformanceBacke
 				if msg := err.Error(); !strings.Contains(msg, "truncated") && !strings.Contains(msg, "base64url") && !strings.Contains(msg, TextPrefix) {
 					t.Fatalf("truncated to %d: unclear error %q", n, msg)
 				}
+				if _, rerr := e.enc.Rewrap(ctx, e.key, full[:n], acmeEmail); !errors.Is(rerr, ErrMalformedCiphertext) || rerr.Error() != err.Error() {
+					t.Fatalf("rewrap of a ciphertext truncated to %d of %d bytes: %v, want %v", n, len(full), rerr, err)
+				}
 			}
 		}
-		if e.cp.decrypt.Load() != calls {
+		if e.cp.decrypt.Load() != calls || e.cp.rewrap.Load() != 0 {
 			t.Fatal("a truncated ciphertext reached the backend")
 		}
 		if _, err := e.enc.DecryptField(ctx, e.key, nil, acmeEmail); !errors.Is(err, ErrMalformedCiphertext) || !strings.Contains(err.Error(), "truncated") {
