@@ -19,13 +19,17 @@ type Health struct {
 	Term         uint64 `json:"term"`
 	Version      string `json:"version"`
 	LastContact  string `json:"last_contact,omitempty"`
+	// KMS is the reachability of the configured KMS backends. A backend that
+	// is down does not make the server unhealthy or unready: everything that
+	// does not need it keeps working.
+	KMS []KMSBackendStatus `json:"kms,omitempty"`
 }
 
 func (s *Server) health() Health {
 	leader, _ := s.node.Leader()
 	h := Health{Status: "ok", NodeID: s.cfg.NodeID, Role: strings.ToLower(s.node.State()), Leader: leader,
 		DevMode: s.cfg.DevMode, AppliedIndex: s.node.AppliedIndex(), CommitIndex: s.node.CommitIndex(),
-		LastIndex: s.node.LastIndex(), Term: s.node.Term(), Version: s.cfg.Version}
+		LastIndex: s.node.LastIndex(), Term: s.node.Term(), Version: s.cfg.Version, KMS: s.kmsBackendStatus()}
 	if leader == "" {
 		h.Status = "no_leader"
 	}

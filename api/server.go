@@ -80,6 +80,7 @@ type Server struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 	id      *identity // users, logins, tokens, API keys, IP rules (EnableIdentity)
+	kms     *kmsState // the KMS endpoints (EnableKMS)
 }
 
 // New builds the API server.

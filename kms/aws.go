@@ -384,3 +384,13 @@ func (p *AWSProvider) mapErr(ctx context.Context, op, key string, err error) err
 	// Connection refused, DNS, TLS, our per-operation timeout, exhausted retries.
 	return fmt.Errorf("%w: aws %s %q: %v", ErrUnavailable, op, key, err)
 }
+
+// Check implements Checker: one ListKeys call (limit 1) with our credentials.
+func (p *AWSProvider) Check(ctx context.Context) error {
+	octx, cancel := p.op(ctx)
+	defer cancel()
+	if _, err := p.client.ListKeys(octx, &awskms.ListKeysInput{Limit: aws.Int32(1)}); err != nil {
+		return p.mapErr(ctx, "check", "", err)
+	}
+	return nil
+}

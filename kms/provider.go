@@ -197,3 +197,21 @@ func (s *settingsReader) done() error {
 	}
 	return nil
 }
+
+// Checker is implemented by backends that live outside the process (vault,
+// aws): Check makes one cheap authenticated call and reports whether the
+// backend can be reached with our credentials (nil), or wraps
+// ErrUnavailable or ErrPermissionDenied. Servers use it for their readiness
+// report and to tell an operator at start that the KMS is out of reach.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
+// CheckProvider checks p if it implements Checker; in-process backends are
+// always reachable.
+func CheckProvider(ctx context.Context, p Provider) error {
+	if c, ok := p.(Checker); ok {
+		return c.Check(ctx)
+	}
+	return nil
+}

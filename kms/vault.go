@@ -411,3 +411,14 @@ func decodeData(data map[string]any, out any) error {
 	}
 	return json.Unmarshal(b, out)
 }
+
+// Check implements Checker: it reads a transit key that does not exist. Vault
+// answers 404 when it is reachable and the token may read transit keys, 403
+// for a bad token.
+func (p *VaultProvider) Check(ctx context.Context) error {
+	_, err := p.readKey(ctx, "allsource-health-check")
+	if err == nil || errors.Is(err, ErrKeyNotFound) {
+		return nil
+	}
+	return err
+}

@@ -10,7 +10,7 @@ import (
 // batcher and the KMS root key (0 or empty: the default).
 func identityFlags(fs *flag.FlagSet, c *server.Config) {
 	id := &c.Identity
-	fs.StringVar(&c.KMSLocalKeyFile, "kms-local-key-file", "", "local KMS root key file: 32 bytes, base64, mode 0600; every server needs the same key (default: derived from the join token; in dev mode <data-dir>/kms-root.key)")
+	fs.StringVar(&c.KMSLocalKeyFile, "kms-local-key-file", "", "the same as -kms-root-key-file (older name)")
 	fs.StringVar(&id.TokenAlg, "token-alg", "EdDSA", "access-token signature: EdDSA (Ed25519, default) or HS256")
 	fs.StringVar(&id.HS256SecretFile, "token-hs256-secret-file", "", "HS256 secret (at least 32 bytes) for -token-alg HS256; default: a random secret per key version")
 	fs.DurationVar(&id.TokenTTL, "token-ttl", 0, "access-token lifetime (default 24h)")

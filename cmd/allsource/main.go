@@ -30,6 +30,7 @@ func commands() []command {
 		{"anomaly", "detected anomalies and their responses: list|get|undo", runAnomaly},
 		{"threat-policy", "automatic responses of a tenant (or the cluster): get|set", runThreatPolicy},
 		{"mfa", "a user's second factor (TOTP): status|enroll|activate|disable", runMFA},
+		{"kms", "keys and field encryption: init-local | key create|list|get|rotate|set|grant | encrypt|decrypt|datakey|rewrap", runKMS},
 		{"audit", "audit log: query|tail|verify|retention", runAudit},
 		{"cluster", "cluster membership: members|join|remove|transfer", runCluster},
 		{"snapshot", "backup and restore: save|restore", runSnapshot},

@@ -40,6 +40,7 @@ func serverFlags(fs *flag.FlagSet, c *server.Config) *string {
 	fs.DurationVar(&c.LeaderLeaseTimeout, "leader-lease-timeout", cluster.DefaultLeaderLeaseTimeout, "raft leader lease timeout")
 	threatFlags(fs, &c.Threat)
 	identityFlags(fs, c)
+	kmsFlags(fs, c)
 	return join
 }
 

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/allsource/guard/api"
@@ -60,6 +61,8 @@ type Config struct {
 	Threat ThreatConfig
 	// KMSLocalKeyFile is the local KMS root key every server loads (identity.go).
 	KMSLocalKeyFile string
+	// KMS configures the KMS service's backends and scheduled rotation (kms.go).
+	KMS KMSSettings
 	// Identity configures passwords, tokens, lockout and the audit batcher (identity.go).
 	Identity IdentitySettings
 }
@@ -138,6 +141,9 @@ func (c *Config) Validate() error {
 	if err := c.Identity.validate(); err != nil {
 		return err
 	}
+	if err := c.KMS.validate(); err != nil {
+		return err
+	}
 	if c.MaxBodyBytes < 1024 {
 		return errors.New("-max-body-bytes must be at least 1024")
 	}
@@ -171,6 +177,10 @@ type Server struct {
 
 	threat threatParts // the detectors, the adaptive limiter and alerts (threat.go)
 	sec    *secrets    // unwrapped pepper and signing keys (identity.go)
+	kms    kmsParts    // keyring, replicated key store, remote backend (kms.go)
+	// kmsStore is set once the KMS starts; the FSM's change feed (which may
+	// run before) invalidates its record cache.
+	kmsStore atomic.Pointer[api.KMSKeyStore]
 }
 
 // Start starts a server from a validated Config. It returns once the HTTP
@@ -197,8 +207,22 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 	p.hub = api.NewWatchHub(api.WatchHubConfig{JoinToken: cfg.JoinToken, Logger: log})
 	p.sec = newSecrets(log)
 	f, err := fsm.Open(filepath.Join(cfg.DataDir, "fsm"), fsm.Options{Logger: log,
-		OnApply:   func(i uint64, ch []fsm.Change) { p.hub.OnApply(i, ch); p.threat.onApply(i, ch); p.sec.onApply(i, ch) },
-		OnRestore: func(i uint64) { p.hub.OnRestore(i); p.sec.changed(); p.threat.onRestore(i) }})
+		OnApply: func(i uint64, ch []fsm.Change) {
+			p.hub.OnApply(i, ch)
+			p.threat.onApply(i, ch)
+			p.sec.onApply(i, ch)
+			if ks := p.kmsStore.Load(); ks != nil {
+				ks.OnApply(i, ch)
+			}
+		},
+		OnRestore: func(i uint64) {
+			p.hub.OnRestore(i)
+			p.sec.changed()
+			p.threat.onRestore(i)
+			if ks := p.kmsStore.Load(); ks != nil {
+				ks.OnRestore(i)
+			}
+		}})
 	if err != nil {
 		cancel()
 		return nil, err
@@ -244,7 +268,17 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 		cancel()
 		return nil, err
 	}
+	if err := p.startKMS(ctx, p.sec.prov); err != nil {
+		p.api.StopIdentity()
+		node.Shutdown()
+		ln.Close()
+		f.Close()
+		cancel()
+		return nil, err
+	}
 	if err := p.startThreat(ctx, log); err != nil {
+		cancel()
+		p.stopKMS()
 		node.Shutdown()
 		ln.Close()
 		f.Close()
@@ -475,6 +509,7 @@ func (p *Server) Close() error {
 	_ = p.http.Shutdown(ctx)
 	<-p.done
 	p.threat.wait()
+	p.stopKMS()
 	p.api.StopIdentity() // flush buffered audit while raft still runs
 	p.sec.wait()
 	err := p.node.Shutdown()

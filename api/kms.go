@@ -1,0 +1,886 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/allsource/guard/auth"
+	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/kms"
+)
+
+// The KMS endpoints (DESIGN.md §6, §10).
+//
+// Key management (/v1/kms/keys...) runs on the leader: the Keyring makes the
+// backend material there and stores the record through KMSKeyStore (raft).
+// The operator manages every key; a tenant admin manages its tenant's own
+// keys; tenant members with Read see the keys their tenant may use (owned or
+// granted). Only the operator grants keys.
+//
+// The field-encryption endpoints (/v1/kms/encrypt, decrypt, datakey, rewrap)
+// run on whichever server receives them: key records are replicated, so any
+// server can encrypt and any other decrypt. They need Write in the tenant the
+// context names (a tenant principal's own tenant; the operator may name any),
+// and a key that tenant may use. Every other key answers 404 exactly as a key
+// that does not exist. Each request is audited per key (action
+// kms_operation: operation, key versions, item count, failures) through the
+// audit batcher; plaintext never reaches the log.
+
+// KMSConfig enables the KMS endpoints.
+type KMSConfig struct {
+	Keyring   *kms.Keyring
+	Encryptor *kms.Encryptor
+	// Status reports the configured backends' reachability (GET /health and
+	// GET /v1/kms/status); nil means every backend is in process.
+	Status func() []KMSBackendStatus
+	// DefaultBackend is what a key gets when the request names none.
+	DefaultBackend string
+	// MaxBatch bounds the items of one encrypt/decrypt/datakey/rewrap call
+	// (default 1000).
+	MaxBatch int
+	// RotationCheck is how often the leader rotates keys whose rotation
+	// period elapsed (default 1 minute).
+	RotationCheck time.Duration
+	// Clock drives scheduled rotation (default the API's clock; tests inject one).
+	Clock func() time.Time
+}
+
+// KMSBackendStatus is one backend's last reachability check.
+type KMSBackendStatus struct {
+	Backend   string    `json:"backend"`
+	Default   bool      `json:"default,omitempty"`
+	OK        bool      `json:"ok"`
+	Error     string    `json:"error,omitempty"`
+	CheckedAt time.Time `json:"checked_at,omitzero"`
+}
+
+type kmsState struct {
+	cfg  KMSConfig
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// EnableKMS mounts the KMS endpoints and starts scheduled rotation on the
+// leader, until StopKMS.
+func (s *Server) EnableKMS(cfg KMSConfig) {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 1000
+	}
+	if cfg.RotationCheck <= 0 {
+		cfg.RotationCheck = time.Minute
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = s.cfg.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.kms = &kmsState{cfg: cfg, stop: cancel, done: make(chan struct{})}
+	h := func(pattern string, fn http.HandlerFunc) { s.mux.HandleFunc(pattern, s.wrap(pattern, fn)) }
+	h("POST /v1/kms/keys", s.write(s.createKMSKey))
+	h("GET /v1/kms/keys", s.read(s.listKMSKeys))
+	h("GET /v1/kms/keys/{name}", s.read(s.getKMSKey))
+	h("PATCH /v1/kms/keys/{name}", s.write(s.updateKMSKey))
+	h("POST /v1/kms/keys/{name}/rotate", s.write(s.rotateKMSKey))
+	h("POST /v1/kms/keys/{name}/grants", s.write(s.grantKMSKey(false)))
+	h("DELETE /v1/kms/keys/{name}/grants/{tenant}", s.write(s.grantKMSKey(true)))
+	h("GET /v1/kms/status", s.anywhere(s.kmsStatus))
+	for _, op := range []string{kmsOpEncrypt, kmsOpDecrypt, kmsOpDataKey, kmsOpRewrap} {
+		h("POST /v1/kms/"+op, s.anywhere(s.kmsOperation(op)))
+	}
+	go func() {
+		defer close(s.kms.done)
+		s.kmsRotationLoop(ctx)
+	}()
+}
+
+// StopKMS stops scheduled rotation.
+func (s *Server) StopKMS() {
+	if s.kms == nil {
+		return
+	}
+	s.kms.stop()
+	<-s.kms.done
+}
+
+// anywhere runs h on this server, whatever its raft role, for an
+// authenticated caller.
+func (s *Server) anywhere(h handlerP) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authenticate(r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		h(w, r, p)
+		s.auditOutcome(w, r, p)
+	}
+}
+
+func (s *Server) kmsBackendStatus() []KMSBackendStatus {
+	if s.kms == nil {
+		return nil
+	}
+	if s.kms.cfg.Status != nil {
+		return s.kms.cfg.Status()
+	}
+	var out []KMSBackendStatus
+	for _, b := range s.kms.cfg.Keyring.Backends() {
+		out = append(out, KMSBackendStatus{Backend: b, OK: true, Default: b == s.kms.cfg.DefaultBackend})
+	}
+	return out
+}
+
+func (s *Server) kmsStatus(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	writeJSON(w, http.StatusOK, map[string]any{"backends": s.kmsBackendStatus()})
+}
+
+// kmsRotationLoop rotates, on the leader, the keys whose rotation period
+// has elapsed. Each rotation is a raft command proposed as the cluster and
+// audited (kms_key_rotated); Keyring.RotateDue re-checks every key, so a
+// leadership change in between does not rotate twice.
+func (s *Server) kmsRotationLoop(ctx context.Context) {
+	t := time.NewTicker(s.kms.cfg.RotationCheck)
+	defer t.Stop()
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !s.node.IsLeader() {
+			continue
+		}
+		h := fsm.Header{Principal: fsm.Principal{Kind: fsm.PrincipalSystem, ID: s.cfg.NodeID, Name: "kms-rotation"}}
+		rctx, cancel := context.WithTimeout(WithKMSCaller(ctx, h, ""), time.Minute)
+		rotated, err := s.kms.cfg.Keyring.RotateDue(rctx, s.kms.cfg.Clock())
+		cancel()
+		if len(rotated) > 0 {
+			s.log.Info("scheduled KMS key rotation", "keys", strings.Join(rotated, ","))
+		}
+		if err != nil && err.Error() != lastErr {
+			s.log.Warn("scheduled KMS key rotation failed; will retry", "err", err)
+		}
+		if err != nil {
+			lastErr = err.Error()
+		} else {
+			lastErr = ""
+		}
+	}
+}
+
+// ---- key management ----
+
+// KMSKeyView is a key as the API shows it: versions and policy, never
+// material.
+type KMSKeyView struct {
+	Name                 string           `json:"name"`
+	Tenant               string           `json:"tenant,omitempty"`
+	Backend              string           `json:"backend"`
+	LatestVersion        int              `json:"latest_version"`
+	MinDecryptionVersion int              `json:"min_decryption_version"`
+	RotationPeriod       string           `json:"rotation_period,omitempty"`
+	NextRotation         time.Time        `json:"next_rotation,omitzero"`
+	Versions             []KMSVersionView `json:"versions"`
+	Grants               []string         `json:"grants,omitempty"`
+	FormerTenant         string           `json:"former_tenant,omitempty"`
+	Revision             uint64           `json:"revision"`
+	CreatedAt            time.Time        `json:"created_at"`
+	UpdatedAt            time.Time        `json:"updated_at"`
+}
+
+// KMSVersionView is one key version.
+type KMSVersionView struct {
+	Version   int       `json:"version"`
+	CreatedAt time.Time `json:"created_at"`
+	// Ref is the backend's name for the material (AWS key ARN, Vault transit
+	// key); shown to the operator only.
+	Ref string `json:"ref,omitempty"`
+}
+
+func kmsKeyView(k *fsm.KMSKey, p fsm.Principal) (KMSKeyView, error) {
+	rec, err := kms.UnmarshalKeyRecord(k.Record)
+	if err != nil {
+		return KMSKeyView{}, err
+	}
+	v := KMSKeyView{Name: k.Name, Tenant: k.Tenant, Backend: rec.Backend, LatestVersion: rec.LatestVersion(),
+		MinDecryptionVersion: rec.MinDecryptionVersion, NextRotation: rec.NextRotation(), FormerTenant: k.FormerTenant,
+		Revision: k.Revision, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt}
+	if rec.RotationPeriod > 0 {
+		v.RotationPeriod = rec.RotationPeriod.String()
+	}
+	for _, kv := range rec.Versions {
+		vv := KMSVersionView{Version: kv.Version, CreatedAt: kv.CreatedAt}
+		if p.IsOperator() {
+			vv.Ref = kv.Ref
+		}
+		v.Versions = append(v.Versions, vv)
+	}
+	// Grantees see that they may use the key, not who else may.
+	if p.IsOperator() || k.Tenant != "" && k.Tenant == p.Tenant {
+		v.Grants = k.Grants
+	}
+	return v, nil
+}
+
+func kmsKeyNotFound(name string) error {
+	return apiErr(http.StatusNotFound, CodeNotFound, fmt.Sprintf("key %q not found", name))
+}
+
+func (s *Server) kmsReady() error {
+	if s.kms == nil {
+		return apiErr(http.StatusServiceUnavailable, CodeUnavailable, "the KMS is not enabled on this server")
+	}
+	return nil
+}
+
+// visibleKMSKey loads key name if p may see it: the operator any key, a
+// tenant member (with Read) the keys its tenant owns or was granted. Any
+// other key is not found.
+func (s *Server) visibleKMSKey(w http.ResponseWriter, p fsm.Principal, name string) (*fsm.KMSKey, error) {
+	if fsm.ValidKMSKeyName(name) != nil {
+		return nil, kmsKeyNotFound(name)
+	}
+	var k *fsm.KMSKey
+	_ = s.view(w, func(rd *fsm.Reader) error {
+		k, _ = rd.KMSKey(name)
+		return nil
+	})
+	if k == nil || !p.IsOperator() && !k.UsableBy(p.Tenant) {
+		return nil, kmsKeyNotFound(name)
+	}
+	if !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermRead) {
+		return nil, apiErr(http.StatusForbidden, CodeForbidden, "this needs the read permission")
+	}
+	return k, nil
+}
+
+// manageableKMSKey loads key name if p may change it: the operator any key,
+// a tenant admin its own tenant's keys. A key p may use but not manage (a
+// grant, a global key) answers 403; a key it may not see, 404.
+func (s *Server) manageableKMSKey(w http.ResponseWriter, p fsm.Principal, name string) (*fsm.KMSKey, error) {
+	k, err := s.visibleKMSKey(w, p, name)
+	if err != nil {
+		return nil, err
+	}
+	if p.IsOperator() {
+		return k, nil
+	}
+	if k.Tenant != p.Tenant || p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermAdmin) {
+		return nil, apiErr(http.StatusForbidden, CodeForbidden, "only the key's tenant admins and the operator may manage it")
+	}
+	return k, nil
+}
+
+// kmsCallerCtx is the context the Keyring's store proposes with: the
+// request's principal and identity (Apply re-checks the authority).
+func (s *Server) kmsCallerCtx(r *http.Request, p fsm.Principal, owner string) context.Context {
+	h := fsm.Header{Principal: p, RequestID: requestID(r.Context()), IP: s.clientIP(r), UserAgent: truncate(r.UserAgent(), 256)}
+	return WithKMSCaller(r.Context(), h, owner)
+}
+
+type createKMSKeyReq struct {
+	Name           string  `json:"name"`
+	Tenant         *string `json:"tenant,omitempty"`
+	Backend        string  `json:"backend,omitempty"`
+	RotationPeriod string  `json:"rotation_period,omitempty"`
+	BackendRef     string  `json:"backend_ref,omitempty"`
+}
+
+func parseRotationPeriod(s string) (time.Duration, error) {
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < kms.MinRotationPeriod || d > 100*365*24*time.Hour {
+		return 0, apiErr(http.StatusBadRequest, CodeInvalidArgument, "rotation_period must be 0 or a duration of at least 1h such as 720h")
+	}
+	return d, nil
+}
+
+func (s *Server) createKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	var req createKMSKeyReq
+	err := s.kmsReady()
+	if err == nil {
+		err = decodeJSON(r, &req)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if e := fsm.ValidKMSKeyName(req.Name); e != nil {
+		s.writeError(w, r, e)
+		return
+	}
+	owner := ""
+	switch {
+	case p.IsOperator():
+		if req.Tenant != nil {
+			owner = *req.Tenant
+		}
+	default:
+		owner = p.Tenant
+		if req.Tenant != nil && *req.Tenant != p.Tenant {
+			s.writeError(w, r, apiErr(http.StatusNotFound, CodeNotFound, fmt.Sprintf("tenant %q not found", *req.Tenant)))
+			return
+		}
+		if p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermAdmin) {
+			s.writeError(w, r, apiErr(http.StatusForbidden, CodeForbidden, "creating a key needs the admin permission"))
+			return
+		}
+		if req.BackendRef != "" {
+			// Adopting existing backend material reaches whatever the
+			// server's own credentials can: the operator's call.
+			s.writeError(w, r, apiErr(http.StatusForbidden, CodeForbidden, "only the operator may adopt existing backend material (backend_ref)"))
+			return
+		}
+	}
+	if owner != "" {
+		if err := fsm.ValidTenantID(owner); err != nil {
+			s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, err.Error()))
+			return
+		}
+		var ok bool
+		_ = s.fsm.View(func(rd *fsm.Reader) error { _, ok = rd.Tenant(owner); return nil })
+		if !ok {
+			s.writeError(w, r, apiErr(http.StatusNotFound, CodeNotFound, fmt.Sprintf("tenant %q not found", owner)))
+			return
+		}
+	}
+	period, err := parseRotationPeriod(req.RotationPeriod)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(req.BackendRef) > 2048 {
+		s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, "backend_ref is longer than 2048 bytes"))
+		return
+	}
+	_, err = s.kms.cfg.Keyring.CreateKey(s.kmsCallerCtx(r, p, owner), req.Name, kms.KeyOptions{Backend: req.Backend, RotationPeriod: period, BackendRef: req.BackendRef})
+	if err != nil {
+		if errors.Is(err, kms.ErrKeyExists) {
+			err = apiErr(http.StatusConflict, CodeConflict, fmt.Sprintf("key name %q is taken", req.Name))
+		}
+		s.writeError(w, r, s.kmsError(err))
+		return
+	}
+	s.writeKMSKey(w, r, p, req.Name, http.StatusCreated)
+}
+
+// writeKMSKey answers with the stored key (as this leader applied it).
+func (s *Server) writeKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal, name string, status int) {
+	var k *fsm.KMSKey
+	_ = s.view(w, func(rd *fsm.Reader) error {
+		k, _ = rd.KMSKey(name)
+		return nil
+	})
+	if k == nil {
+		s.writeError(w, r, kmsKeyNotFound(name))
+		return
+	}
+	v, err := kmsKeyView(k, p)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, status, v)
+}
+
+func (s *Server) listKMSKeys(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	if err := s.kmsReady(); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermRead) {
+		s.writeError(w, r, apiErr(http.StatusForbidden, CodeForbidden, "this needs the read permission"))
+		return
+	}
+	var keys []*fsm.KMSKey
+	_ = s.view(w, func(rd *fsm.Reader) error {
+		keys = rd.KMSKeys()
+		return nil
+	})
+	out := struct {
+		Keys []KMSKeyView `json:"keys"`
+	}{Keys: []KMSKeyView{}}
+	for _, k := range keys {
+		if !p.IsOperator() && !k.UsableBy(p.Tenant) {
+			continue
+		}
+		v, err := kmsKeyView(k, p)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		out.Keys = append(out.Keys, v)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	err := s.kmsReady()
+	var k *fsm.KMSKey
+	if err == nil {
+		k, err = s.visibleKMSKey(w, p, r.PathValue("name"))
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	v, err := kmsKeyView(k, p)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) rotateKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	name := r.PathValue("name")
+	err := s.kmsReady()
+	if err == nil {
+		_, err = s.manageableKMSKey(w, p, name)
+	}
+	if err == nil {
+		_, err = s.kms.cfg.Keyring.RotateKey(s.kmsCallerCtx(r, p, ""), name)
+	}
+	if err != nil {
+		s.writeError(w, r, s.kmsError(err))
+		return
+	}
+	s.writeKMSKey(w, r, p, name, http.StatusOK)
+}
+
+type updateKMSKeyReq struct {
+	MinDecryptionVersion *int    `json:"min_decryption_version,omitempty"`
+	RotationPeriod       *string `json:"rotation_period,omitempty"`
+}
+
+func (s *Server) updateKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	name := r.PathValue("name")
+	var req updateKMSKeyReq
+	err := s.kmsReady()
+	if err == nil {
+		_, err = s.manageableKMSKey(w, p, name)
+	}
+	if err == nil {
+		err = decodeJSON(r, &req)
+	}
+	if err == nil && req.MinDecryptionVersion == nil && req.RotationPeriod == nil {
+		err = apiErr(http.StatusBadRequest, CodeInvalidArgument, "give min_decryption_version and/or rotation_period")
+	}
+	var period time.Duration
+	if err == nil && req.RotationPeriod != nil {
+		period, err = parseRotationPeriod(*req.RotationPeriod)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ctx := s.kmsCallerCtx(r, p, "")
+	kr := s.kms.cfg.Keyring
+	if req.RotationPeriod != nil {
+		if _, err := kr.SetRotationPeriod(ctx, name, period); err != nil {
+			s.writeError(w, r, s.kmsError(err))
+			return
+		}
+	}
+	if req.MinDecryptionVersion != nil {
+		if _, err := kr.SetMinDecryptionVersion(ctx, name, *req.MinDecryptionVersion); err != nil {
+			s.writeError(w, r, s.kmsError(err))
+			return
+		}
+	}
+	s.writeKMSKey(w, r, p, name, http.StatusOK)
+}
+
+type grantKMSKeyReq struct {
+	Tenant string `json:"tenant"`
+}
+
+func (s *Server) grantKMSKey(revoke bool) handlerP {
+	return func(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+		name := r.PathValue("name")
+		err := s.kmsReady()
+		if err == nil {
+			_, err = s.visibleKMSKey(w, p, name)
+		}
+		if err == nil && !p.IsOperator() {
+			err = apiErr(http.StatusForbidden, CodeForbidden, "only the operator grants keys")
+		}
+		var req grantKMSKeyReq
+		if err == nil {
+			if revoke {
+				req.Tenant = r.PathValue("tenant")
+			} else {
+				err = decodeJSON(r, &req)
+			}
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		res, err := s.propose(r, p, fsm.CmdGrantKMSKey, &fsm.GrantKMSKeyCmd{Name: name, Tenant: req.Tenant, Revoke: revoke})
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		setIndex(w, res.Index)
+		v, err := kmsKeyView(res.Value.(*fsm.KMSKey), p)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// ---- field encryption ----
+
+const (
+	kmsOpEncrypt = "encrypt"
+	kmsOpDecrypt = "decrypt"
+	kmsOpDataKey = "datakey"
+	kmsOpRewrap  = "rewrap"
+)
+
+type kmsContextReq struct {
+	Tenant string `json:"tenant"`
+	Field  string `json:"field"`
+}
+
+type kmsItemReq struct {
+	Plaintext  string         `json:"plaintext,omitempty"`  // base64, encrypt
+	Ciphertext string         `json:"ciphertext,omitempty"` // asg:v1:…, decrypt and rewrap
+	Context    *kmsContextReq `json:"context,omitempty"`
+}
+
+// kmsOpReq is one request: a single item in the top-level fields, or a batch
+// in items (each item's context defaults to the top-level one).
+type kmsOpReq struct {
+	Key        string         `json:"key,omitempty"`
+	Plaintext  string         `json:"plaintext,omitempty"`
+	Ciphertext string         `json:"ciphertext,omitempty"`
+	Context    *kmsContextReq `json:"context,omitempty"`
+	Items      []kmsItemReq   `json:"items,omitempty"`
+}
+
+// kmsItemResult is one item's answer.
+type kmsItemResult struct {
+	Ciphertext string          `json:"ciphertext,omitempty"`
+	Plaintext  string          `json:"plaintext,omitempty"` // base64
+	Key        string          `json:"key,omitempty"`
+	KeyVersion int             `json:"key_version,omitempty"`
+	Error      *kmsItemErrBody `json:"error,omitempty"`
+}
+
+type kmsItemErrBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// kmsKeyUse accumulates one key's part of a request for its audit entry.
+type kmsKeyUse struct {
+	n, failed int
+	versions  map[int]bool
+	firstErr  string
+}
+
+func (s *Server) kmsOperation(op string) handlerP {
+	return func(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+		var req kmsOpReq
+		err := s.kmsReady()
+		if err == nil {
+			err = decodeJSON(r, &req)
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		batch := req.Items != nil
+		items := req.Items
+		if batch {
+			if req.Plaintext != "" || req.Ciphertext != "" {
+				s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, "give either items or a single plaintext/ciphertext, not both"))
+				return
+			}
+			if len(items) == 0 || len(items) > s.kms.cfg.MaxBatch {
+				s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, fmt.Sprintf("items must hold 1 to %d entries", s.kms.cfg.MaxBatch)))
+				return
+			}
+		} else {
+			items = []kmsItemReq{{Plaintext: req.Plaintext, Ciphertext: req.Ciphertext}}
+		}
+		if (op == kmsOpEncrypt || op == kmsOpDataKey) && req.Key == "" {
+			s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, "key is required"))
+			return
+		}
+		uses := map[string]map[string]*kmsKeyUse{} // tenant → key → use
+		results := make([]kmsItemResult, len(items))
+		authz := map[string]error{} // tenant \x00 key → authorization outcome
+		for i := range items {
+			it := &items[i]
+			c := it.Context
+			if c == nil {
+				c = req.Context
+			}
+			if c == nil {
+				c = &kmsContextReq{}
+			}
+			res, tenant, key, err := s.kmsItem(r, p, op, req.Key, it, *c, authz)
+			if err != nil {
+				if !batch {
+					s.auditKMS(r, p, op, map[string]map[string]*kmsKeyUse{tenant: {key: {n: 1, failed: 1, firstErr: errorCode(err)}}})
+					s.writeError(w, r, s.kmsError(err))
+					return
+				}
+				ae := toAPIError(s.kmsError(err))
+				if ae == nil {
+					ae = apiErr(http.StatusInternalServerError, CodeInternal, "internal error")
+				}
+				res.Error = &kmsItemErrBody{Code: ae.Code, Message: ae.Message}
+			}
+			results[i] = res
+			if uses[tenant] == nil {
+				uses[tenant] = map[string]*kmsKeyUse{}
+			}
+			u := uses[tenant][key]
+			if u == nil {
+				u = &kmsKeyUse{versions: map[int]bool{}}
+				uses[tenant][key] = u
+			}
+			u.n++
+			if err != nil {
+				u.failed++
+				if u.firstErr == "" {
+					u.firstErr = errorCode(err)
+				}
+			} else if res.KeyVersion > 0 {
+				u.versions[res.KeyVersion] = true
+			}
+		}
+		s.auditKMS(r, p, op, uses)
+		if !batch {
+			writeJSON(w, http.StatusOK, results[0])
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"items": results})
+	}
+}
+
+func errorCode(err error) string {
+	if ae := toAPIError(err); ae != nil {
+		return ae.Code
+	}
+	return CodeInternal
+}
+
+// kmsItem runs one item. It returns the tenant and key the item used (for
+// the audit entry) and the item's error.
+func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it *kmsItemReq, c kmsContextReq, authz map[string]error) (kmsItemResult, string, string, error) {
+	var res kmsItemResult
+	tenant, err := kmsTenant(p, c.Tenant)
+	if err != nil {
+		return res, p.Tenant, reqKey, err
+	}
+	key := reqKey
+	var ct []byte
+	switch op {
+	case kmsOpDecrypt, kmsOpRewrap:
+		if it.Plaintext != "" {
+			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, op+" takes a ciphertext, not a plaintext")
+		}
+		if it.Ciphertext == "" {
+			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, "ciphertext is required")
+		}
+		ct = []byte(it.Ciphertext)
+		parsed, err := kms.ParseCiphertext(ct)
+		if err != nil {
+			return res, tenant, key, err
+		}
+		if key == "" {
+			key = parsed.KeyName
+		} else if key != parsed.KeyName {
+			return res, tenant, key, fmt.Errorf("%w: the ciphertext was made with another key", kms.ErrKeyMismatch)
+		}
+	default:
+		if it.Ciphertext != "" {
+			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, op+" takes no ciphertext")
+		}
+		if op == kmsOpDataKey && it.Plaintext != "" {
+			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, "datakey takes no plaintext")
+		}
+	}
+	ak := tenant + "\x00" + key
+	aerr, seen := authz[ak]
+	if !seen {
+		aerr = s.usableKMSKey(p, tenant, key)
+		authz[ak] = aerr
+	}
+	if aerr != nil {
+		return res, tenant, key, aerr
+	}
+	kc := kms.Context{Tenant: tenant, Field: c.Field}
+	enc := s.kms.cfg.Encryptor
+	ctx := r.Context()
+	res.Key = key
+	switch op {
+	case kmsOpEncrypt:
+		pt, err := base64.StdEncoding.DecodeString(it.Plaintext)
+		if err != nil {
+			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, "plaintext must be standard base64")
+		}
+		out, err := enc.EncryptField(ctx, key, pt, kc)
+		clear(pt)
+		if err != nil {
+			return res, tenant, key, err
+		}
+		res.Ciphertext, res.KeyVersion = kms.EncodeText(out), ciphertextVersion(out)
+	case kmsOpDecrypt:
+		pt, err := enc.DecryptField(ctx, key, ct, kc)
+		if err != nil {
+			return res, tenant, key, err
+		}
+		res.Plaintext, res.KeyVersion = base64.StdEncoding.EncodeToString(pt), ciphertextVersion(ct)
+		clear(pt)
+	case kmsOpRewrap:
+		out, err := enc.Rewrap(ctx, key, ct, kc)
+		if err != nil {
+			return res, tenant, key, err
+		}
+		res.Ciphertext, res.KeyVersion = string(out), ciphertextVersion(out)
+	case kmsOpDataKey:
+		dk, err := enc.GenerateDataKey(ctx, key, kc)
+		if err != nil {
+			return res, tenant, key, err
+		}
+		res.Plaintext, res.Ciphertext, res.KeyVersion = base64.StdEncoding.EncodeToString(dk.Plaintext), kms.EncodeText(dk.Ciphertext), dk.KeyVersion
+		clear(dk.Plaintext)
+	}
+	return res, tenant, key, nil
+}
+
+func ciphertextVersion(ct []byte) int {
+	if c, err := kms.ParseCiphertext(ct); err == nil {
+		return c.KeyVersion
+	}
+	return 0
+}
+
+// kmsTenant is the tenant an operation runs in: the context's, which a
+// tenant principal may leave empty for its own and may not set to another
+// (404, as for any other tenant's resource). It needs Write there.
+func kmsTenant(p fsm.Principal, ctxTenant string) (string, error) {
+	if p.IsOperator() {
+		if ctxTenant != "" {
+			if err := fsm.ValidTenantID(ctxTenant); err != nil {
+				return "", apiErr(http.StatusBadRequest, CodeInvalidArgument, "context.tenant: "+err.Error())
+			}
+		}
+		return ctxTenant, nil
+	}
+	if ctxTenant != "" && ctxTenant != p.Tenant {
+		return "", apiErr(http.StatusNotFound, CodeNotFound, fmt.Sprintf("tenant %q not found", ctxTenant))
+	}
+	if p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermWrite) {
+		return "", apiErr(http.StatusForbidden, CodeForbidden, "KMS operations need the write permission")
+	}
+	return p.Tenant, nil
+}
+
+// usableKMSKey checks that key may be used in tenant: owned by it or granted
+// to it (the operator may use any key). Anything else is not found.
+func (s *Server) usableKMSKey(p fsm.Principal, tenant, key string) error {
+	if fsm.ValidKMSKeyName(key) != nil {
+		return kmsKeyNotFound(key)
+	}
+	var k *fsm.KMSKey
+	_ = s.fsm.View(func(rd *fsm.Reader) error {
+		k, _ = rd.KMSKey(key)
+		return nil
+	})
+	if k == nil || !p.IsOperator() && !k.UsableBy(tenant) {
+		return kmsKeyNotFound(key)
+	}
+	return nil
+}
+
+// auditKMS records one kms_operation entry per tenant and key of a request.
+func (s *Server) auditKMS(r *http.Request, p fsm.Principal, op string, uses map[string]map[string]*kmsKeyUse) {
+	if s.id == nil {
+		return
+	}
+	for tenant, keys := range uses {
+		for key, u := range keys {
+			outcome := fsm.OutcomeSuccess
+			switch {
+			case u.failed == u.n:
+				outcome = fsm.OutcomeFailure
+			case u.failed > 0:
+				outcome = fsm.OutcomePartial
+			}
+			vs := make([]int, 0, len(u.versions))
+			for v := range u.versions {
+				vs = append(vs, v)
+			}
+			slices.Sort(vs)
+			var vstr []string
+			for _, v := range vs[:min(len(vs), 32)] {
+				vstr = append(vstr, strconv.Itoa(v))
+			}
+			meta := map[string]string{"operation": op, "count": strconv.Itoa(u.n), "failed": strconv.Itoa(u.failed)}
+			resource := "kms"
+			if key != "" { // a malformed ciphertext names no key
+				meta["key"] = truncate(key, 64)
+				resource = "kms-key/" + truncate(key, 64)
+			}
+			if len(vstr) > 0 {
+				meta["versions"] = strings.Join(vstr, ",")
+			}
+			in := fsm.AuditInput{Tenant: tenant, Time: s.cfg.Now(), Action: fsm.ActionKMSOperation, Actor: actorOf(p),
+				Resource: resource, Outcome: outcome, IP: s.clientIP(r),
+				UserAgent: truncate(r.UserAgent(), 256), RequestID: requestID(r.Context()), Error: u.firstErr, Metadata: meta}
+			s.id.audit.Add(in)
+		}
+	}
+}
+
+var kmsLogOnce sync.Map // backend error class → logged, so a down backend does not flood the log
+
+// kmsError maps the kms package's errors to API errors. Backend failures
+// keep their details in the server log.
+func (s *Server) kmsError(err error) error {
+	var ae *Error
+	var fe *fsm.Error
+	if errors.As(err, &ae) || errors.As(err, &fe) {
+		return err
+	}
+	msg := strings.TrimPrefix(err.Error(), "kms: ")
+	switch {
+	case errors.Is(err, kms.ErrUnavailable), errors.Is(err, kms.ErrPermissionDenied):
+		if _, logged := kmsLogOnce.LoadOrStore(msg, true); !logged {
+			s.log.Warn("KMS backend call failed", "err", err)
+		}
+		if errors.Is(err, kms.ErrPermissionDenied) {
+			return apiErr(http.StatusServiceUnavailable, CodeUnavailable, "the KMS backend refused this server's credentials")
+		}
+		return apiErr(http.StatusServiceUnavailable, CodeUnavailable, "the KMS backend is unavailable; retry later")
+	case errors.Is(err, kms.ErrDecrypt):
+		return apiErr(http.StatusBadRequest, CodeInvalidArgument, "decryption failed: the ciphertext was altered or belongs to another key, tenant or field")
+	case errors.Is(err, kms.ErrKeyNotFound):
+		return apiErr(http.StatusNotFound, CodeNotFound, msg)
+	case errors.Is(err, kms.ErrKeyExists), errors.Is(err, kms.ErrConflict):
+		return apiErr(http.StatusConflict, CodeConflict, msg)
+	case errors.Is(err, kms.ErrInvalidArgument), errors.Is(err, kms.ErrMalformedCiphertext), errors.Is(err, kms.ErrKeyMismatch),
+		errors.Is(err, kms.ErrVersionRetired), errors.Is(err, kms.ErrUnknownBackend):
+		return apiErr(http.StatusBadRequest, CodeInvalidArgument, msg)
+	}
+	return err
+}
