@@ -412,13 +412,11 @@ func applyRecordAnomalies(w *wtx, c *Command) (any, *Error) {
 
 // auditHashAt is the hash of tenant's entry seq ("" when there is none).
 func (w *wtx) auditHashAt(tenant string, seq uint64) string {
-	var e struct {
-		Hash string `json:"hash"`
-	}
-	if !getJSON(w.tx.Bucket(bAudit), auditKey(tenant, seq), &e) {
+	v := w.tx.Bucket(bAudit).Get(auditKey(tenant, seq))
+	if v == nil {
 		return ""
 	}
-	return e.Hash
+	return auditRecordHash(v)
 }
 
 // anomalyAuditMeta is the metadata of an anomaly_detected entry. The detector

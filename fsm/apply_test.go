@@ -114,7 +114,17 @@ func TestCorruptEntriesPanic(t *testing.T) {
 		data []byte
 	}{
 		{"empty", nil},
-		{"unknown encoding", append([]byte{2}, good[1:]...)},
+		{"unknown encoding", append([]byte{3}, good[1:]...)},
+		{"v1 envelope with a v2 body", append([]byte{1}, good[1:]...)},
+		{"v2 envelope with a v1 body", append([]byte{2}, encodeV1(t, Command{Type: CmdCreateTenant, Header: hdr, Payload: []byte(`{"id":"x"}`)})[1:]...)},
+		{"binary payload truncated", func() []byte {
+			b := mustEncode(t, CmdAppendAudit, hdr, &AppendAuditCmd{Entries: []AuditInput{{Tenant: "acme", Action: ActionLogout}}})
+			return b[:len(b)-1]
+		}()},
+		{"binary payload with trailing bytes", append(mustEncode(t, CmdAppendAudit, hdr,
+			&AppendAuditCmd{Entries: []AuditInput{{Tenant: "acme", Action: ActionLogout}}}), 0)},
+		{"binary payload of a command without a binary form", raw(Command{Type: CmdCreateTenant, Header: hdr, BinPayload: []byte{0}})},
+		{"binary payload count beyond the input", raw(Command{Type: CmdTouchAPIKeys, Header: hdr, BinPayload: []byte{0xff, 0xff, 0x03}})},
 		{"truncated envelope", good[:len(good)/2]},
 		{"not json", []byte("\x01not json")},
 		{"envelope is an array", []byte("\x01[]")},

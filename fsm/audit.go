@@ -3,11 +3,15 @@ package fsm
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Action names a security-relevant event (DESIGN.md §7).
@@ -101,18 +105,153 @@ type AuditHead struct {
 	Hash     string `json:"hash"`      // newest entry's hash
 }
 
-// computeHash returns the chain hash of e (which must have PrevHash set).
+// Stored audit records. The first byte says the form: '{' is the JSON record
+// of the first releases (its hash is computeHashV1), auditRecordV2 the
+// binary record:
+//
+//	canonical form (appendCanonical)   the bytes the chain hash covers
+//	hash (32 bytes)                    sha256 of the canonical form
+//
+// Both forms decode (DecodeAuditRecord) and verify, so a state restored from
+// an older snapshot keeps its chains; every new entry is binary.
+const auditRecordV2 byte = 2
+
+// appendCanonical appends the canonical binary form of e without its hash:
+// the record version, then every field in declaration order (codec.go's
+// primitives; metadata in key order), ending with the previous hash.
+func (e *AuditEntry) appendCanonical(b []byte) []byte {
+	b = append(b, auditRecordV2)
+	b = appendStr(b, e.ID)
+	b = appendStr(b, e.Tenant)
+	b = binary.AppendUvarint(b, e.Seq)
+	b = binary.AppendUvarint(b, e.Index)
+	b = appendTime(b, e.Time)
+	b = appendStr(b, string(e.Action))
+	b = appendStr(b, string(e.Actor.Kind))
+	b = appendStr(b, e.Actor.ID)
+	b = appendStr(b, e.Actor.Name)
+	b = appendStr(b, e.Actor.Role)
+	b = appendStr(b, e.Resource)
+	b = appendStr(b, string(e.Outcome))
+	b = appendStr(b, e.IP)
+	b = appendStr(b, e.UserAgent)
+	b = appendStr(b, e.RequestID)
+	b = appendStr(b, e.Error)
+	b = appendMap(b, e.Metadata)
+	return appendStr(b, e.PrevHash)
+}
+
+// computeHash returns the chain hash of e (which must have PrevHash set):
+// the hex SHA-256 of its canonical form. It is the one definition of the
+// hash of a binary record, for Apply and for verification alike.
 func (e *AuditEntry) computeHash() string {
+	var buf [512]byte
+	sum := sha256.Sum256(e.appendCanonical(buf[:0]))
+	return hex.EncodeToString(sum[:])
+}
+
+// computeHashV1 is the chain hash of a JSON record (stored before binary
+// records existed): SHA-256 over the previous hash and the entry's JSON
+// without its hash.
+func (e *AuditEntry) computeHashV1() string {
 	c := *e
 	c.Hash = ""
 	b, err := json.Marshal(&c)
 	if err != nil {
-		panic(fmt.Sprintf("fsm: encode audit entry: %v", err))
+		return "" // cannot match a stored hash
 	}
 	h := sha256.New()
 	h.Write([]byte(e.PrevHash))
 	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// appendAuditRecord appends e's stored binary record. e.Hash must be a hex
+// SHA-256 (what computeHash returns).
+func appendAuditRecord(b []byte, e *AuditEntry) []byte {
+	b = e.appendCanonical(b)
+	sum, err := hex.DecodeString(e.Hash)
+	if err != nil || len(sum) != sha256.Size {
+		panic(fmt.Sprintf("fsm: audit entry %s has a malformed hash", e.ID))
+	}
+	return append(b, sum...)
+}
+
+// DecodeAuditRecord decodes a stored audit record, binary or JSON. It never
+// panics; a record that does not decode is an error (the state file is
+// damaged).
+func DecodeAuditRecord(v []byte) (*AuditEntry, error) {
+	e := &AuditEntry{}
+	_, err := decodeAuditRecord(v, e)
+	return e, err
+}
+
+// decodeAuditRecord decodes v into e and returns its form (auditRecordV2, or
+// '{' for JSON).
+func decodeAuditRecord(v []byte, e *AuditEntry) (byte, error) {
+	if len(v) == 0 {
+		return 0, fmt.Errorf("%w: empty audit record", errBinary)
+	}
+	switch v[0] {
+	case '{':
+		if err := json.Unmarshal(v, e); err != nil {
+			return 0, err
+		}
+		return '{', nil
+	case auditRecordV2:
+		if len(v) < 1+sha256.Size {
+			return 0, fmt.Errorf("%w: audit record too short", errBinary)
+		}
+		body, sum := v[1:len(v)-sha256.Size], v[len(v)-sha256.Size:]
+		// One string holds the record's text; the fields are its substrings.
+		d := newSharedBdec(body)
+		e.ID = d.str()
+		e.Tenant = d.str()
+		e.Seq = d.uvarint()
+		e.Index = d.uvarint()
+		e.Time = d.time()
+		e.Action = Action(d.str())
+		decodeActor(d, &e.Actor)
+		e.Resource = d.str()
+		e.Outcome = Outcome(d.str())
+		e.IP = d.str()
+		e.UserAgent = d.str()
+		e.RequestID = d.str()
+		e.Error = d.str()
+		e.Metadata = d.strMap()
+		e.PrevHash = d.str()
+		if err := d.done(); err != nil {
+			return 0, err
+		}
+		e.Hash = hex.EncodeToString(sum)
+		return auditRecordV2, nil
+	}
+	return 0, fmt.Errorf("%w: unknown audit record form %d", errBinary, v[0])
+}
+
+// mustDecodeAudit decodes a stored record; one that does not decode is
+// corruption, and answering from it would be worse than stopping.
+func mustDecodeAudit(k, v []byte) *AuditEntry {
+	e, err := DecodeAuditRecord(v)
+	if err != nil {
+		panic(fmt.Sprintf("fsm: corrupt audit record %q: %v", k, err))
+	}
+	return e
+}
+
+// auditRecordHash returns the hash stored in a record ("" when it does not
+// decode).
+func auditRecordHash(v []byte) string {
+	if len(v) > sha256.Size && v[0] == auditRecordV2 {
+		return hex.EncodeToString(v[len(v)-sha256.Size:])
+	}
+	var e struct {
+		Hash string `json:"hash"`
+	}
+	if len(v) > 0 && v[0] == '{' && json.Unmarshal(v, &e) == nil {
+		return e.Hash
+	}
+	return ""
 }
 
 // AuditInput is an audit record proposed from outside Apply (edges, login
@@ -192,24 +331,103 @@ func (w *wtx) audit(tenant string, action Action, resource string, outcome Outco
 }
 
 func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
-	heads := w.tx.Bucket(bAuditHeads)
-	var head AuditHead
-	if !getJSON(heads, tprefix(in.Tenant), &head) {
-		head = AuditHead{Tenant: in.Tenant, FirstSeq: 1}
-	}
+	head := w.batch.head(w.tx, in.Tenant)
 	w.auditN++
 	e := &AuditEntry{
-		ID: fmt.Sprintf("%016x-%04x", w.index, w.auditN), Tenant: in.Tenant, Seq: head.Seq + 1,
+		ID: auditID(w.index, w.auditN), Tenant: in.Tenant, Seq: head.Seq + 1,
 		Index: w.index, Time: in.Time.UTC(), Action: in.Action, Actor: in.Actor, Resource: in.Resource,
 		Outcome: in.Outcome, IP: in.IP, UserAgent: in.UserAgent, RequestID: in.RequestID,
 		Error: in.Error, Metadata: in.Metadata, PrevHash: head.Hash,
 	}
-	e.Hash = e.computeHash()
-	putJSON(w.tx.Bucket(bAudit), auditKey(in.Tenant, e.Seq), e)
+	// The key and the record go to the batch's arena: bolt keeps the slices
+	// until the transaction ends, and one growing buffer is one allocation
+	// for many entries.
+	bs := w.batch
+	k0 := len(bs.arena)
+	bs.arena = append(bs.arena, in.Tenant...)
+	bs.arena = append(bs.arena, 0)
+	bs.arena = binary.BigEndian.AppendUint64(bs.arena, e.Seq)
+	r0 := len(bs.arena)
+	bs.arena = e.appendCanonical(bs.arena)
+	sum := sha256.Sum256(bs.arena[r0:])
+	bs.arena = append(bs.arena, sum[:]...)
+	key, rec := bs.arena[k0:r0:r0], bs.arena[r0:len(bs.arena):len(bs.arena)]
+	e.Hash = hex.EncodeToString(sum[:])
+	if err := bs.auditBucket(w.tx).Put(key, rec); err != nil {
+		panic(fmt.Sprintf("fsm: put audit %q: %v", key, err))
+	}
 	head.Seq, head.Hash = e.Seq, e.Hash
-	putJSON(heads, tprefix(in.Tenant), &head)
 	w.changes = append(w.changes, Change{Index: w.index, Kind: ChangeAudit, Tenant: in.Tenant, Key: e.ID, Audit: e})
 	return e
+}
+
+// auditID is an entry's id: its raft index and its position among the
+// entries that index appended, "%016x-%04x".
+func auditID(index uint64, n int) string {
+	const digits = "0123456789abcdef"
+	var b [32]byte
+	for i := 15; i >= 0; i-- {
+		b[i] = digits[index&0xf]
+		index >>= 4
+	}
+	b[16] = '-'
+	var tail [16]byte
+	t := len(tail)
+	for v := uint64(n); v > 0 || t > len(tail)-4; v >>= 4 {
+		t--
+		tail[t] = digits[v&0xf]
+	}
+	return string(append(b[:17], tail[t:]...))
+}
+
+// batchState is what one ApplyBatch shares between its commands: the audit
+// chain heads it read or moved (each is written back once, when the batch
+// ends, instead of read and written per entry) and the arena of the audit
+// records it put.
+type batchState struct {
+	heads map[string]*AuditHead
+	dirty []*AuditHead
+	arena []byte
+	audit *bolt.Bucket
+}
+
+func (bs *batchState) auditBucket(tx *bolt.Tx) *bolt.Bucket {
+	if bs.audit == nil {
+		bs.audit = tx.Bucket(bAudit)
+		// Entries are appended at the end of each tenant's range: fill the
+		// pages instead of splitting them in half.
+		bs.audit.FillPercent = 0.95
+	}
+	return bs.audit
+}
+
+// head returns tenant's chain head for update; flushHeads stores it.
+func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
+	if h := bs.heads[tenant]; h != nil {
+		return h
+	}
+	if bs.heads == nil {
+		bs.heads = map[string]*AuditHead{}
+	}
+	h := &AuditHead{Tenant: tenant, FirstSeq: 1}
+	getJSON(tx.Bucket(bAuditHeads), tprefix(tenant), h)
+	bs.heads[tenant] = h
+	bs.dirty = append(bs.dirty, h)
+	return h
+}
+
+// flushHeads stores the heads this batch moved and forgets them, so what
+// reads the heads bucket next sees them.
+func (bs *batchState) flushHeads(tx *bolt.Tx) {
+	if len(bs.dirty) == 0 {
+		return
+	}
+	b := tx.Bucket(bAuditHeads)
+	for _, h := range bs.dirty {
+		putJSON(b, tprefix(h.Tenant), h)
+	}
+	clear(bs.heads)
+	bs.dirty = bs.dirty[:0]
 }
 
 func auditKey(tenant string, seq uint64) []byte {
@@ -234,6 +452,9 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 			return nil, errf(CodeForbidden, "audit entries may only be written to the caller's tenant")
 		}
 	}
+	// Room for the records: each is about its input plus 130 bytes of ids,
+	// sequence numbers and hashes.
+	w.batch.arena = slices.Grow(w.batch.arena, len(c.BinPayload)+len(c.Payload)+160*len(p.Entries))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])
 	}
@@ -249,6 +470,7 @@ func applyAuditRetention(w *wtx, c *Command) (any, *Error) {
 	if p.Before.IsZero() {
 		return nil, errf(CodeInvalidArgument, "before is required")
 	}
+	w.batch.flushHeads(w.tx) // the walk below reads the heads bucket
 	heads := w.tx.Bucket(bAuditHeads)
 	ab := w.tx.Bucket(bAudit)
 	dropped := 0
@@ -258,8 +480,9 @@ func applyAuditRetention(w *wtx, c *Command) (any, *Error) {
 		mustUnmarshal(k, v, &h)
 		n := h.FirstSeq
 		for ; n <= h.Seq; n++ {
-			var e AuditEntry
-			if !getJSON(ab, auditKey(h.Tenant, n), &e) || !e.Time.Before(p.Before) {
+			k := auditKey(h.Tenant, n)
+			v := ab.Get(k)
+			if v == nil || !mustDecodeAudit(k, v).Time.Before(p.Before) {
 				break
 			}
 			del(ab, auditKey(h.Tenant, n))
@@ -308,8 +531,7 @@ func (r *Reader) Audit(q AuditQuery) ([]*AuditEntry, uint64) {
 	var out []*AuditEntry
 	scanned := 0
 	for k, v := c.Seek(auditKey(q.Tenant, q.After+1)); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		var e AuditEntry
-		mustUnmarshal(k, v, &e)
+		e := mustDecodeAudit(k, v)
 		if scanned++; scanned > maxAuditScan {
 			return out, e.Seq - 1
 		}
@@ -319,7 +541,7 @@ func (r *Reader) Audit(q AuditQuery) ([]*AuditEntry, uint64) {
 			!q.Until.IsZero() && !e.Time.Before(q.Until) {
 			continue
 		}
-		out = append(out, &e)
+		out = append(out, e)
 		if len(out) == q.Limit {
 			next := e.Seq
 			if k2, _ := c.Next(); k2 == nil || !bytes.HasPrefix(k2, prefix) {
@@ -377,7 +599,8 @@ func (r *Reader) VerifyAudit(tenant string) ChainReport {
 	prev := ""
 	for k, v := c.Seek(auditKey(tenant, head.FirstSeq)); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		var e AuditEntry
-		if err := json.Unmarshal(v, &e); err != nil {
+		form, err := decodeAuditRecord(v, &e)
+		if err != nil {
 			return fail(want, "entry does not decode")
 		}
 		if len(k) != len(prefix)+8 || be64(k[len(prefix):]) != want || e.Seq != want {
@@ -389,7 +612,11 @@ func (r *Reader) VerifyAudit(tenant string) ChainReport {
 		if want != head.FirstSeq && e.PrevHash != prev {
 			return fail(want, "entry does not link to its predecessor")
 		}
-		if e.computeHash() != e.Hash {
+		hash := e.computeHash()
+		if form != auditRecordV2 {
+			hash = e.computeHashV1()
+		}
+		if hash != e.Hash {
 			return fail(want, "entry content does not match its hash (modified)")
 		}
 		prev = e.Hash

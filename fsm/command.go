@@ -1,8 +1,10 @@
 package fsm
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 
 	"github.com/allsource/guard/auth"
 )
@@ -117,59 +119,160 @@ type Header struct {
 	UserAgent string    `json:"ua,omitempty"`
 }
 
-// Command is the envelope of every raft log entry the FSM applies.
+// Command is the envelope of every raft log entry the FSM applies. Its
+// payload is either JSON (Payload) or, for the hot commands that have a
+// binary form (audit batches, login failures, API-key use), binary
+// (BinPayload); at most one of the two is set.
 type Command struct {
-	Type    CommandType     `json:"t"`
-	Flags   uint8           `json:"f,omitempty"`
-	Header  Header          `json:"h"`
-	Payload json.RawMessage `json:"p,omitempty"`
+	Type       CommandType     `json:"t"`
+	Flags      uint8           `json:"f,omitempty"`
+	Header     Header          `json:"h"`
+	Payload    json.RawMessage `json:"p,omitempty"`
+	BinPayload []byte          `json:"-"`
 }
 
-// encodingV1 is the first byte of every encoded command.
-const encodingV1 byte = 1
+// The first byte of every encoded command says how the rest is encoded.
+// Version 1 is the envelope as JSON; version 2 is binary (codec.go):
+//
+//	2  uvarint(type)  flags
+//	header: principal kind, id, tenant, role, name (strings), varint(time),
+//	        request id, ip, user agent (strings)
+//	payload kind: 0 none, 1 JSON, 2 binary; the payload is the rest of the entry
+//
+// Encode writes version 2; DecodeCommand reads both, so logs and snapshots
+// written before version 2 still apply.
+const (
+	encodingV1 byte = 1
+	encodingV2 byte = 2
 
-// NewCommand builds a command with a JSON payload.
+	payloadNone   byte = 0
+	payloadJSON   byte = 1
+	payloadBinary byte = 2
+)
+
+// NewCommand builds a command. A payload with a binary form is encoded
+// binary, any other as JSON.
 func NewCommand(t CommandType, h Header, payload any) (Command, error) {
 	c := Command{Type: t, Header: h}
-	if payload != nil {
-		b, err := json.Marshal(payload)
-		if err != nil {
-			return Command{}, fmt.Errorf("encode %s payload: %w", t, err)
-		}
-		c.Payload = b
+	if payload == nil {
+		return c, nil
 	}
+	if bp, ok := payload.(binaryPayload); ok {
+		c.BinPayload = bp.appendBinary(make([]byte, 0, 256))
+		return c, nil
+	}
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return Command{}, fmt.Errorf("encode %s payload: %w", t, err)
+	}
+	c.Payload = b
 	return c, nil
 }
 
-// Encode serialises a command for the raft log.
+// Encode serialises a command for the raft log (envelope version 2).
 func (c Command) Encode() ([]byte, error) {
-	b, err := json.Marshal(c)
-	if err != nil {
-		return nil, err
+	if len(c.Payload) > 0 && len(c.BinPayload) > 0 {
+		return nil, fmt.Errorf("command %s has both a JSON and a binary payload", c.Type)
 	}
-	out := make([]byte, 0, len(b)+1)
-	out = append(out, encodingV1)
-	return append(out, b...), nil
+	h := &c.Header
+	b := make([]byte, 0, 64+len(h.Principal.ID)+len(h.Principal.Name)+len(h.RequestID)+len(h.UserAgent)+
+		len(c.Payload)+len(c.BinPayload))
+	b = append(b, encodingV2)
+	b = binary.AppendUvarint(b, uint64(c.Type))
+	b = append(b, c.Flags)
+	b = appendText(b, string(h.Principal.Kind))
+	b = appendText(b, h.Principal.ID)
+	b = appendText(b, h.Principal.Tenant)
+	b = appendText(b, string(h.Principal.Role))
+	b = appendText(b, h.Principal.Name)
+	b = binary.AppendVarint(b, h.Time)
+	b = appendText(b, h.RequestID)
+	b = appendText(b, h.IP)
+	b = appendText(b, h.UserAgent)
+	switch {
+	case len(c.BinPayload) > 0:
+		b = append(b, payloadBinary)
+		b = append(b, c.BinPayload...)
+	case len(c.Payload) > 0:
+		if !json.Valid(c.Payload) {
+			return nil, fmt.Errorf("command %s: payload is not valid JSON", c.Type)
+		}
+		b = append(b, payloadJSON)
+		b = append(b, c.Payload...)
+	default:
+		b = append(b, payloadNone)
+	}
+	return b, nil
 }
 
 // DecodeCommand parses an encoded command. It returns an error rather than
 // panicking so that callers outside Apply (tools, fuzzers) can use it; Apply
-// itself panics on the error.
+// itself panics on the error. The payloads of a decoded command alias b.
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
 	if len(b) == 0 {
 		return c, fmt.Errorf("empty command")
 	}
-	if b[0] != encodingV1 {
+	switch b[0] {
+	case encodingV1:
+		if err := json.Unmarshal(b[1:], &c); err != nil {
+			return Command{}, fmt.Errorf("decode command: %w", err)
+		}
+	case encodingV2:
+		if err := c.decodeV2(b[1:]); err != nil {
+			return Command{}, fmt.Errorf("decode command: %w", err)
+		}
+	default:
 		return c, fmt.Errorf("unknown command encoding %d", b[0])
-	}
-	if err := json.Unmarshal(b[1:], &c); err != nil {
-		return c, fmt.Errorf("decode command: %w", err)
 	}
 	if c.Type == CmdInvalid {
 		return c, fmt.Errorf("command type 0 is invalid")
 	}
 	return c, nil
+}
+
+func (c *Command) decodeV2(b []byte) error {
+	d := newBdec(b)
+	t := d.uvarint()
+	if t > math.MaxUint16 {
+		d.fail("command type out of range")
+	}
+	c.Type = CommandType(t)
+	c.Flags = d.byte1()
+	h := &c.Header
+	h.Principal.Kind = PrincipalKind(d.str())
+	h.Principal.ID = d.str()
+	h.Principal.Tenant = d.str()
+	h.Principal.Role = auth.Role(d.str())
+	h.Principal.Name = d.str()
+	h.Time = d.varint()
+	h.RequestID = d.str()
+	h.IP = d.str()
+	h.UserAgent = d.str()
+	kind := d.byte1()
+	if d.err != nil {
+		return d.err
+	}
+	rest := d.b
+	switch kind {
+	case payloadNone:
+		if len(rest) != 0 {
+			return fmt.Errorf("%w: trailing bytes", errBinary)
+		}
+	case payloadJSON:
+		if len(rest) == 0 || !json.Valid(rest) {
+			return fmt.Errorf("%w: JSON payload is not valid JSON", errBinary)
+		}
+		c.Payload = rest[:len(rest):len(rest)]
+	case payloadBinary:
+		if len(rest) == 0 {
+			return fmt.Errorf("%w: empty binary payload", errBinary)
+		}
+		c.BinPayload = rest[:len(rest):len(rest)]
+	default:
+		return fmt.Errorf("%w: unknown payload kind %d", errBinary, kind)
+	}
+	return nil
 }
 
 // mustDecodePayload unmarshals a command payload into v. Only this program's own
@@ -178,7 +281,21 @@ func DecodeCommand(b []byte) (Command, error) {
 // diverge from what the proposer meant. It panics, as a decode failure of the
 // envelope does.
 func mustDecodePayload(c *Command, v any) {
-	if err := json.Unmarshal(c.Payload, v); err != nil {
+	if err := decodePayload(c, v); err != nil {
 		panic(fmt.Sprintf("fsm: %s: corrupt payload: %v", c.Type, err))
 	}
+}
+
+// decodePayload decodes c's payload, JSON or binary, into v.
+func decodePayload(c *Command, v any) error {
+	if c.BinPayload == nil {
+		return json.Unmarshal(c.Payload, v)
+	}
+	bp, ok := v.(binaryPayload)
+	if !ok {
+		return fmt.Errorf("a binary payload for a command without a binary form")
+	}
+	d := newSharedBdec(c.BinPayload)
+	bp.decodeBinary(d)
+	return d.done()
 }

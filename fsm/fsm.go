@@ -158,14 +158,16 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	var changes []Change
 	last := logs[len(logs)-1].Index
 	err := f.update(func(tx *bolt.Tx) error {
+		bs := &batchState{}
 		for i, l := range logs {
 			if l.Type != raft.LogCommand {
 				continue
 			}
-			w := &wtx{tx: tx, index: l.Index}
+			w := &wtx{tx: tx, index: l.Index, batch: bs}
 			out[i] = f.applyOne(w, l)
 			changes = append(changes, w.changes...)
 		}
+		bs.flushHeads(tx)
 		return tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last))
 	})
 	if err != nil {
@@ -369,7 +371,8 @@ type wtx struct {
 	index   uint64
 	hdr     *Header
 	changes []Change
-	auditN  int // audit entries appended by this command, for their ids
+	auditN  int         // audit entries appended by this command, for their ids
+	batch   *batchState // shared by the commands of one ApplyBatch
 }
 
 func (w *wtx) reader() *Reader { return &Reader{tx: w.tx} }

@@ -728,9 +728,10 @@ func testAuditTamper(t *testing.T, e *idEnv) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The audit entry of the rule records its cidr in metadata: turn the
-	// block into a /16 of the same length.
-	from, to := []byte(`"cidr":"198.51.100.0/24"},"prev_hash"`), []byte(`"cidr":"198.51.100.0/16"},"prev_hash"`)
+	// The audit entry of the rule records its cidr in metadata (a binary
+	// record: key and value each after its length): turn the block into a
+	// /16 of the same length.
+	from, to := []byte("\x04cidr\x0f198.51.100.0/24"), []byte("\x04cidr\x0f198.51.100.0/16")
 	n := 0
 	for off := bytes.Index(data, from); off >= 0; {
 		if _, err := f.WriteAt(to, int64(off)); err != nil {

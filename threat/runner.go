@@ -2,7 +2,6 @@ package threat
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -530,21 +529,6 @@ func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) erro
 	}
 }
 
-// auditLite is the part of an audit entry the detectors read: decoding
-// skips the hashes, ids and request details (about 20% faster).
-type auditLite struct {
-	Tenant   string            `json:"tenant"`
-	Seq      uint64            `json:"seq"`
-	Time     time.Time         `json:"time"`
-	Action   fsm.Action        `json:"action"`
-	Actor    fsm.Actor         `json:"actor"`
-	Resource string            `json:"resource"`
-	Outcome  fsm.Outcome       `json:"outcome"`
-	IP       string            `json:"ip"`
-	Metadata map[string]string `json:"metadata"`
-	Hash     string            `json:"hash"`
-}
-
 // readPage reads up to n entries of tenant's chain after seq, decoding them
 // on up to GOMAXPROCS goroutines.
 func (r *Runner) readPage(tenant string, after uint64, n int) ([]*fsm.AuditEntry, error) {
@@ -560,13 +544,12 @@ func (r *Runner) readPage(tenant string, after uint64, n int) ([]*fsm.AuditEntry
 		go func() {
 			defer wg.Done()
 			for i := lo; i < hi; i++ {
-				var l auditLite
-				if err := json.Unmarshal(raw[i], &l); err != nil {
+				e, err := fsm.DecodeAuditRecord(raw[i])
+				if err != nil {
 					errs[w] = fmt.Errorf("audit entry of %q after %d: %w", tenant, after, err)
 					return
 				}
-				out[i] = &fsm.AuditEntry{Tenant: l.Tenant, Seq: l.Seq, Time: l.Time, Action: l.Action, Actor: l.Actor,
-					Resource: l.Resource, Outcome: l.Outcome, IP: l.IP, Metadata: l.Metadata, Hash: l.Hash}
+				out[i] = e
 			}
 		}()
 	}
