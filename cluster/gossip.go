@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -47,8 +50,37 @@ type GossipConfig struct {
 
 // Gossip is a memberlist instance with encryption keyed by the join token.
 type Gossip struct {
-	ml  *memberlist.Memberlist
-	cfg GossipConfig
+	ml      *memberlist.Memberlist
+	cfg     GossipConfig
+	members *memberTable
+}
+
+// memberTable is this process's copy of the live members, kept by
+// memberlist's event delegate. memberlist's Members() hands out pointers to
+// its own node records, which its packet handler rewrites (address, metadata)
+// under a lock the caller cannot take, so reading them raced (found by the
+// race detector in TestEdgeFleetLimit). The delegate's callbacks run under
+// that lock, so copying there is safe; metadata is decoded once per change
+// instead of on every lookup.
+type memberTable struct {
+	mu sync.RWMutex
+	m  map[string]GossipMember
+}
+
+func (t *memberTable) put(n *memberlist.Node) {
+	m := GossipMember{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: "alive"}
+	_ = json.Unmarshal(n.Meta, &m.Meta) // a peer's unreadable metadata leaves it without role or addresses
+	t.mu.Lock()
+	t.m[m.Name] = m
+	t.mu.Unlock()
+}
+
+func (t *memberTable) NotifyJoin(n *memberlist.Node)   { t.put(n) }
+func (t *memberTable) NotifyUpdate(n *memberlist.Node) { t.put(n) }
+func (t *memberTable) NotifyLeave(n *memberlist.Node) {
+	t.mu.Lock()
+	delete(t.m, n.Name)
+	t.mu.Unlock()
 }
 
 // GossipKey derives the 32-byte AES-256 gossip key from a join token.
@@ -121,13 +153,15 @@ func NewGossip(cfg GossipConfig) (*Gossip, error) {
 		return nil, err
 	}
 	mc.Delegate = &gossipDelegate{meta: meta, cfg: &cfg}
+	table := &memberTable{m: make(map[string]GossipMember)}
+	mc.Events = table
 	mc.Logger = slog.NewLogLogger(cfg.Logger.With("component", "gossip").Handler(), slog.LevelDebug)
 	mc.LogOutput = nil
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip: %w", err)
 	}
-	return &Gossip{ml: ml, cfg: cfg}, nil
+	return &Gossip{ml: ml, cfg: cfg, members: table}, nil
 }
 
 // Join contacts the given gossip addresses; it succeeds if any answers.
@@ -139,45 +173,42 @@ func (g *Gossip) Addr() string {
 	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 }
 
-// Members lists live members with their metadata.
+// Members lists live members with their metadata, ordered by name.
 func (g *Gossip) Members() []GossipMember {
-	var out []GossipMember
-	for _, n := range g.ml.Members() {
-		out = append(out, toMember(n))
+	g.members.mu.RLock()
+	out := make([]GossipMember, 0, len(g.members.m))
+	for _, m := range g.members.m {
+		out = append(out, m)
 	}
+	g.members.mu.RUnlock()
+	slices.SortFunc(out, func(a, b GossipMember) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
-func toMember(n *memberlist.Node) GossipMember {
-	m := GossipMember{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Status: "alive"}
-	_ = json.Unmarshal(n.Meta, &m.Meta)
-	return m
-}
-
-// Member returns the live member with the given name. Only that member's
-// metadata is decoded: the leader's HTTP address is looked up on every
-// forwarded request, and gossip also carries every edge of the fleet.
+// Member returns the live member with the given name (the leader's HTTP
+// address is looked up on every forwarded request).
 func (g *Gossip) Member(name string) (GossipMember, bool) {
-	for _, n := range g.ml.Members() {
-		if n.Name == name {
-			return toMember(n), true
-		}
-	}
-	return GossipMember{}, false
+	g.members.mu.RLock()
+	m, ok := g.members.m[name]
+	g.members.mu.RUnlock()
+	return m, ok
 }
 
 // SendTo sends a best-effort user message to one member.
 func (g *Gossip) SendTo(name string, msg []byte) error {
-	for _, n := range g.ml.Members() {
-		if n.Name == name {
-			return g.ml.SendBestEffort(n, msg)
-		}
+	m, ok := g.Member(name)
+	if !ok {
+		return fmt.Errorf("no gossip member %q", name)
 	}
-	return fmt.Errorf("no gossip member %q", name)
+	return g.ml.SendToAddress(memberlist.Address{Addr: m.Addr, Name: m.Name}, msg)
 }
 
 // NumMembers is the number of live members (including this one).
-func (g *Gossip) NumMembers() int { return g.ml.NumMembers() }
+func (g *Gossip) NumMembers() int {
+	g.members.mu.RLock()
+	defer g.members.mu.RUnlock()
+	return len(g.members.m)
+}
 
 // Leave announces departure and stops gossip.
 func (g *Gossip) Leave(timeout time.Duration) error {

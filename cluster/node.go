@@ -216,7 +216,8 @@ func New(cfg Config, f *fsm.FSM) (*Node, error) {
 		n.closeStores()
 		return nil, err
 	}
-	r, err := raft.NewRaft(rc, f, store, store, snaps, n.transport)
+	trans := &guardedTransport{NetworkTransport: n.transport, stuckAfter: tcfg.Timeout, log: n.log}
+	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("start raft: %w", err)
