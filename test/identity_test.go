@@ -330,6 +330,11 @@ func identityEndpoints(userID, keyID, ruleID string) []endpoint {
 		{"GET", "/v1/cluster/members", nil, false},
 		{"GET", "/v1/auth/me", nil, false},
 		{"POST", "/v1/auth/logout", nil, false},
+		{"GET", "/v1/kms/keys", nil, false},
+		{"POST", "/v1/kms/keys", map[string]string{"name": "k"}, false},
+		{"POST", "/v1/kms/keys/k/rotate", nil, false},
+		{"POST", "/v1/kms/encrypt", map[string]any{"key": "k", "plaintext": "eA==", "context": map[string]string{"field": "f"}}, false},
+		{"POST", "/v1/kms/decrypt", map[string]any{"ciphertext": "asg:v1:AAAA"}, false},
 	}
 }
 

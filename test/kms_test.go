@@ -282,6 +282,29 @@ func TestKMSEndToEnd(t *testing.T) {
 		t.Fatalf("empty batch: %s, want 400", r)
 	}
 
+	// Bad input: JSON errors, never a panic or a 500.
+	for _, bad := range []struct {
+		body any
+		want int
+	}{
+		{map[string]any{"key": "acme-pii", "plaintext": "not base64!", "context": kmsCtx{Field: "f"}}, 400},
+		{map[string]any{"key": "acme-pii", "plaintext": b64std("x"), "unknown": 1}, 400},
+		{map[string]any{"key": "acme-pii", "plaintext": b64std("x"), "items": []map[string]string{{"plaintext": b64std("y")}}}, 400},
+		{map[string]any{"key": "acme-pii", "items": make([]map[string]string, 1001)}, 400},
+		{map[string]any{"key": "acme-pii", "plaintext": strings.Repeat("A", 2<<20)}, 413},
+		{map[string]any{"plaintext": b64std("x")}, 400},
+		{map[string]any{"key": "acme-pii", "plaintext": b64std("x"), "context": kmsCtx{Field: strings.Repeat("f", 300)}}, 400},
+		{"a string", 400},
+	} {
+		r := e.call(1, "POST", "/v1/kms/encrypt", acmeDev, bad.body)
+		if r.status != bad.want || errCode(t, r) == "" {
+			t.Fatalf("bad encrypt input: %s, want %d", r, bad.want)
+		}
+	}
+	if r := e.call(1, "POST", "/v1/kms/decrypt", acmeDev, map[string]any{"ciphertext": c2.Ciphertext[:len(c2.Ciphertext)-8]}); r.status != 400 || !strings.Contains(string(r.body), "truncated") {
+		t.Fatalf("truncated ciphertext: %s, want 400 truncated", r)
+	}
+
 	// Data keys: the plaintext key once, and its wrapping that decrypts to it.
 	var dk kmsItem
 	e.must(200, 0, "POST", "/v1/kms/datakey", acmeDev, map[string]any{"key": "acme-pii", "context": kmsCtx{Field: "blob"}}, &dk)
