@@ -169,8 +169,11 @@ func (g *Gossip) Join(addrs []string) (int, error) { return g.ml.Join(addrs) }
 
 // Addr is the advertised gossip address.
 func (g *Gossip) Addr() string {
-	n := g.ml.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+	// From the member table (memberlist announced this node to it at
+	// Create): LocalNode's *Node is rewritten by UpdateNode and refutations
+	// under memberlist's lock, like every other node record.
+	m, _ := g.Member(g.cfg.Name)
+	return m.Addr
 }
 
 // Members lists live members with their metadata, ordered by name.
