@@ -78,6 +78,17 @@ type Config struct {
 // timeout/10) of slack for a busy 2-core machine before a follower gives up on
 // a live leader. See FAULTS.md for the measurements behind them.
 //
+// The leader lease is as long as raft allows (the heartbeat timeout): a
+// leader steps down when a quorum has not answered for that long. At 200 ms,
+// scheduling gaps of 200–300 ms on the loaded 2-core machine made healthy
+// leaders step down and re-elect themselves (test/faults: an election in the
+// 10-minute loaded run, and dozens of extra elections while nodes were being
+// killed). The lease does not enter failover — followers elect a new leader
+// after their heartbeat timeout whatever it is — it only bounds how long a
+// cut-off leader keeps claiming leadership (and answers default-consistency
+// reads from its own state; linearizable reads confirm leadership first, and
+// it can never commit a write).
+//
 // The commit timeout is how long an idle leader waits before telling the
 // followers the new commit index (raft sends it with the next append): a
 // follower applies a write, and the edges watching it enforce it, up to
@@ -87,7 +98,7 @@ type Config struct {
 const (
 	DefaultHeartbeatTimeout   = 400 * time.Millisecond
 	DefaultElectionTimeout    = 400 * time.Millisecond
-	DefaultLeaderLeaseTimeout = 200 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 400 * time.Millisecond
 	DefaultCommitTimeout      = 5 * time.Millisecond
 	DefaultApplyTimeout       = 10 * time.Second
 )

@@ -171,7 +171,7 @@ func mustEncode(b testing.TB, c fsm.Command) []byte {
 }
 
 // leaderRef tracks a cluster's leader during a benchmark. On a shared,
-// overloaded machine a leader can miss its lease (200 ms) and step down; the
+// overloaded machine a leader can miss its lease and step down; the
 // writer that notices finds the new leader, the others wait for it, and the
 // change is counted and reported (ours_/bare_leader_changes) instead of
 // failing the run.

@@ -212,7 +212,15 @@ func (c *cluster) dumpLogs() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := os.Getenv("FAULTS_LOG_DIR")
+	type logged struct{ id, container string }
+	var all []logged
 	for _, n := range c.nodes {
+		all = append(all, logged{n.id, n.container})
+	}
+	for _, e := range c.edges {
+		all = append(all, logged{e.id, e.container})
+	}
+	for _, n := range all {
 		// The servers log to stderr; docker logs replays it on its own stderr.
 		b, _ := exec.CommandContext(ctx, "docker", "logs", "--timestamps", n.container).CombinedOutput()
 		out := string(b)

@@ -209,15 +209,31 @@ func (c *cluster) createAPIKey(ctx context.Context, tenant, name string) (key, i
 }
 
 func (et *edgeTraffic) send(e *edgeNode, key string) (int, error) {
+	st, _, err := et.sendDetail(e, key)
+	return st, err
+}
+
+// sendDetail is send that also describes a refusal: the error code and, for
+// a 429, the limit the edge applied (X-RateLimit-Limit), so that a failure in
+// the report says which policy the edge enforced.
+func (et *edgeTraffic) sendDetail(e *edgeNode, key string) (int, string, error) {
 	req, _ := http.NewRequest(http.MethodGet, e.url()+"/faults/check", nil)
 	req.Header.Set("X-API-Key", key)
 	resp, err := et.http.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
-	return resp.StatusCode, nil
+	if resp.StatusCode == http.StatusOK {
+		return resp.StatusCode, "", nil
+	}
+	detail := strings.TrimSpace(string(body))
+	if l := resp.Header.Get("X-RateLimit-Limit"); l != "" {
+		detail += fmt.Sprintf(" (X-RateLimit-Limit %s, Remaining %s, Retry-After %s)", l,
+			resp.Header.Get("X-RateLimit-Remaining"), resp.Header.Get("Retry-After"))
+	}
+	return resp.StatusCode, detail, nil
 }
 
 func (et *edgeTraffic) start(stop <-chan struct{}) {
@@ -233,13 +249,16 @@ func (et *edgeTraffic) start(stop <-chan struct{}) {
 			case <-time.After(10 * time.Millisecond):
 			}
 			e := et.edges[rnd.IntN(len(et.edges))]
-			st, err := et.send(e, et.valid)
+			sent := et.r.hist.now()
+			st, detail, err := et.sendDetail(e, et.valid)
+			took := time.Duration(et.r.hist.now() - sent)
 			et.mu.Lock()
 			et.requests++
 			if st != http.StatusOK {
 				et.failures++
 				if len(et.details) < 10 {
-					et.details = append(et.details, fmt.Sprintf("valid request through %s failed: %d %v", e.id, st, err))
+					et.details = append(et.details, fmt.Sprintf("valid request through %s sent at %s failed after %v: %d %s %v (%s)",
+						e.id, offset(sent), took.Round(time.Millisecond), st, detail, errString(err), et.r.timeline()))
 				}
 			}
 			et.mu.Unlock()

@@ -49,6 +49,7 @@ type run struct {
 	mu      sync.Mutex
 	faulted map[string]bool
 	faults  []*fault
+	events  []string // the nemesis's timeline, for failure reports
 	mon     *leaderMonitor
 	edges   edgeChecker
 
@@ -238,6 +239,9 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 			wg.Wait()
 			t.Fatalf("%s: inject: %v", sc.name, err)
 		}
+		if f != nil {
+			r.event(fmt.Sprintf("%s on %s at %s, in place %s", f.kind, strings.Join(f.victims, ","), offset(f.at), offset(f.inPlace)))
+		}
 		sleepCtx(ctx, sc.fault) // the fault's duration: a deliberate sleep
 		if f != nil {
 			f.healed = r.hist.now()
@@ -249,6 +253,9 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 		}
 		if err := heal(ctx); err != nil {
 			t.Errorf("%s: heal: %v", sc.name, err)
+		}
+		if f != nil {
+			r.event("healed at " + offset(r.hist.now()))
 		}
 		sleepCtx(ctx, sc.heal)
 	}
@@ -270,6 +277,26 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 	r.finalReads(ctx, setup)
 	return r.check(ctx)
 }
+
+// event adds a line to the nemesis's timeline.
+func (r *run) event(e string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+// timeline is the nemesis's timeline so far, one line.
+func (r *run) timeline() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.events) == 0 {
+		return "no fault injected yet"
+	}
+	return strings.Join(r.events, "; ")
+}
+
+// offset formats a history time (ns since the scenario's start).
+func offset(ns int64) string { return fmt.Sprintf("+%.3fs", time.Duration(ns).Seconds()) }
 
 func shortName(s string) string {
 	var b strings.Builder
