@@ -25,7 +25,10 @@ import (
 
 // TestNoPlaintextAtRest (issue 5): a 3-server cluster stores users with
 // e-mail addresses, MFA secrets (active and pending), several signing keys
-// (rotated through the API), API keys and the pepper; every server takes a
+// (rotated through the API), API keys and the pepper, and uses the KMS
+// service (a tenant key, rotated; encrypt, decrypt, rewrap and datakey, whose
+// plaintexts and data keys must be answered and audited, never stored);
+// every server takes a
 // raft snapshot, more of the same is written after it (so the raft log, the
 // snapshots and the state database all hold some), the servers are closed,
 // and every file under every data directory is searched for each secret in
@@ -77,6 +80,19 @@ func TestNoPlaintextAtRest(t *testing.T) {
 		e.must(200, 0, "POST", "/v1/auth/login", cred{}, map[string]string{"tenant": "acme", "username": u.name, "password": u.pw}, &tr)
 		return tr.AccessToken
 	}
+	totps := map[string]string{} // user → active TOTP secret
+	// loginAsMFA logs in with the user's second factor (the next step's code:
+	// activation consumed the current one).
+	loginAsMFA := func(u user) string {
+		e.t.Helper()
+		code, err := auth.DefaultTOTP.Code(totps[u.name], time.Now().Add(30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tr api.TokenResponse
+		e.must(200, 0, "POST", "/v1/auth/login", cred{}, map[string]string{"tenant": "acme", "username": u.name, "password": u.pw, "totp": code}, &tr)
+		return tr.AccessToken
+	}
 	// enrolMFA enrols u's TOTP secret and, if activate, activates it (the
 	// secret moves from the pending state to the user; recovery codes are
 	// issued and stored hashed).
@@ -100,6 +116,7 @@ func TestNoPlaintextAtRest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		totps[u.name] = enr.Secret
 		var act api.MFAActivation
 		e.must(200, 2, "POST", path+"/activate", bearerCred(u.name, tok), map[string]string{"code": code}, &act)
 		for i, rc := range act.RecoveryCodes {
@@ -124,6 +141,42 @@ func TestNoPlaintextAtRest(t *testing.T) {
 	enrolMFA(users[1], false) // left pending
 	rotate()
 	rotate()
+
+	// The KMS service: a tenant key, rotated; what passes through encrypt,
+	// decrypt, rewrap and datakey is answered, audited without it, and never
+	// stored.
+	kmsKey := "ctrlkey-" + tag
+	adminTok := bearerCred(admin.name, loginAsMFA(admin))
+	e.must(201, 0, "POST", "/v1/kms/keys", adminTok, map[string]string{"name": kmsKey}, nil)
+	controls = append(controls, kmsKey)
+	e.waitConverged() // the KMS operations are answered by any server, from its own state
+	kmsValue := "kms-service-plaintext-" + tag + "@plaintext-probe.example"
+	secrets = append(secrets, textNeedle("plaintext sent to /v1/kms/encrypt", kmsValue))
+	kctx := map[string]string{"field": "email"}
+	var enc struct {
+		Ciphertext string `json:"ciphertext"`
+		Plaintext  string `json:"plaintext"`
+	}
+	e.must(200, 1, "POST", "/v1/kms/encrypt", adminTok, map[string]any{"key": kmsKey, "plaintext": base64.StdEncoding.EncodeToString([]byte(kmsValue)), "context": kctx}, &enc)
+	e.must(200, 0, "POST", "/v1/kms/keys/"+kmsKey+"/rotate", adminTok, nil, nil)
+	e.waitConverged()
+	var dec struct {
+		Plaintext string `json:"plaintext"`
+	}
+	e.must(200, 2, "POST", "/v1/kms/decrypt", adminTok, map[string]any{"ciphertext": enc.Ciphertext, "context": kctx}, &dec)
+	if got, _ := base64.StdEncoding.DecodeString(dec.Plaintext); string(got) != kmsValue {
+		t.Fatalf("/v1/kms/decrypt answered %q", got)
+	}
+	e.must(200, 0, "POST", "/v1/kms/rewrap", adminTok, map[string]any{"ciphertext": enc.Ciphertext, "context": kctx}, nil)
+	var dk struct {
+		Plaintext string `json:"plaintext"`
+	}
+	e.must(200, 1, "POST", "/v1/kms/datakey", adminTok, map[string]any{"key": kmsKey, "context": map[string]string{"field": "backups"}}, &dk)
+	rawDK, err := base64.StdEncoding.DecodeString(dk.Plaintext)
+	if err != nil || len(rawDK) != 32 {
+		t.Fatalf("/v1/kms/datakey plaintext: %d bytes, %v", len(rawDK), err)
+	}
+	secrets = append(secrets, bytesNeedle("data key from /v1/kms/datakey", rawDK))
 
 	e.waitConverged()
 	for _, nd := range e.nodes {
