@@ -777,7 +777,7 @@ func (r *Reader) RecentAnomalies(tenant string, since time.Time) []*Anomaly {
 	return out
 }
 
-// AuditRaw returns copies of the stored JSON of up to limit entries of
+// AuditRaw returns copies of the stored records of up to limit entries of
 // tenant's chain after seq, in order: the detector decodes them on several
 // cores (decoding, not analysis, is the cost of reading the log).
 func (r *Reader) AuditRaw(tenant string, after uint64, limit int) [][]byte {

@@ -410,9 +410,51 @@ func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
 		bs.heads = map[string]*AuditHead{}
 	}
 	h := &AuditHead{Tenant: tenant, FirstSeq: 1}
-	getJSON(tx.Bucket(bAuditHeads), tprefix(tenant), h)
+	getHead(tx.Bucket(bAuditHeads), tenant, h)
 	bs.heads[tenant] = h
 	bs.dirty = append(bs.dirty, h)
+	return h
+}
+
+// Chain heads are stored binary (auditRecordV2, tenant, first seq, seq,
+// hash), or as the JSON of earlier states.
+func putHead(b *bolt.Bucket, h *AuditHead) {
+	v := make([]byte, 0, 16+len(h.Tenant)+len(h.Hash))
+	v = append(v, auditRecordV2)
+	v = appendStr(v, h.Tenant)
+	v = binary.AppendUvarint(v, h.FirstSeq)
+	v = binary.AppendUvarint(v, h.Seq)
+	v = appendStr(v, h.Hash)
+	if err := b.Put(tprefix(h.Tenant), v); err != nil {
+		panic(fmt.Sprintf("fsm: put audit head %q: %v", h.Tenant, err))
+	}
+}
+
+// getHead reads tenant's head into h; false when the chain has none.
+func getHead(b *bolt.Bucket, tenant string, h *AuditHead) bool {
+	k := tprefix(tenant)
+	v := b.Get(k)
+	if v == nil {
+		return false
+	}
+	*h = mustDecodeHead(k, v)
+	return true
+}
+
+func mustDecodeHead(k, v []byte) AuditHead {
+	var h AuditHead
+	if len(v) > 0 && v[0] == auditRecordV2 {
+		d := newBdec(v[1:])
+		h.Tenant = d.str()
+		h.FirstSeq = d.uvarint()
+		h.Seq = d.uvarint()
+		h.Hash = d.str()
+		if err := d.done(); err != nil {
+			panic(fmt.Sprintf("fsm: corrupt audit head %q: %v", k, err))
+		}
+		return h
+	}
+	mustUnmarshal(k, v, &h)
 	return h
 }
 
@@ -424,7 +466,7 @@ func (bs *batchState) flushHeads(tx *bolt.Tx) {
 	}
 	b := tx.Bucket(bAuditHeads)
 	for _, h := range bs.dirty {
-		putJSON(b, tprefix(h.Tenant), h)
+		putHead(b, h)
 	}
 	clear(bs.heads)
 	bs.dirty = bs.dirty[:0]
@@ -455,6 +497,7 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	// Room for the records: each is about its input plus 130 bytes of ids,
 	// sequence numbers and hashes.
 	w.batch.arena = slices.Grow(w.batch.arena, len(c.BinPayload)+len(c.Payload)+160*len(p.Entries))
+	w.changes = slices.Grow(w.changes, len(p.Entries))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])
 	}
@@ -476,8 +519,7 @@ func applyAuditRetention(w *wtx, c *Command) (any, *Error) {
 	dropped := 0
 	var changed []AuditHead
 	_ = heads.ForEach(func(k, v []byte) error {
-		var h AuditHead
-		mustUnmarshal(k, v, &h)
+		h := mustDecodeHead(k, v)
 		n := h.FirstSeq
 		for ; n <= h.Seq; n++ {
 			k := auditKey(h.Tenant, n)
@@ -495,7 +537,7 @@ func applyAuditRetention(w *wtx, c *Command) (any, *Error) {
 		return nil
 	})
 	for i := range changed {
-		putJSON(heads, tprefix(changed[i].Tenant), &changed[i])
+		putHead(heads, &changed[i])
 	}
 	w.audit("", ActionAuditRetention, "audit", OutcomeSuccess, map[string]string{
 		"before": p.Before.UTC().Format(time.RFC3339), "dropped": itoa(dropped)})
@@ -557,9 +599,7 @@ func (r *Reader) Audit(q AuditQuery) ([]*AuditEntry, uint64) {
 func (r *Reader) AuditHeads() []AuditHead {
 	var out []AuditHead
 	_ = r.tx.Bucket(bAuditHeads).ForEach(func(k, v []byte) error {
-		var h AuditHead
-		mustUnmarshal(k, v, &h)
-		out = append(out, h)
+		out = append(out, mustDecodeHead(k, v))
 		return nil
 	})
 	return out
@@ -584,7 +624,7 @@ type ChainReport struct {
 func (r *Reader) VerifyAudit(tenant string) ChainReport {
 	rep := ChainReport{Tenant: tenant}
 	var head AuditHead
-	if !getJSON(r.tx.Bucket(bAuditHeads), tprefix(tenant), &head) {
+	if !getHead(r.tx.Bucket(bAuditHeads), tenant, &head) {
 		rep.OK = true
 		return rep
 	}

@@ -104,9 +104,9 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 		}, 7, "decode"},
 		{"head hash replaced", func(t *testing.T, tx *bolt.Tx) {
 			var hd AuditHead
-			getJSON(tx.Bucket(bAuditHeads), tprefix("acme"), &hd)
+			getHead(tx.Bucket(bAuditHeads), "acme", &hd)
 			hd.Hash = strings.Repeat("0", 64)
-			putJSON(tx.Bucket(bAuditHeads), tprefix("acme"), &hd)
+			putHead(tx.Bucket(bAuditHeads), &hd)
 		}, last, "head"},
 	}
 	for _, c := range cases {

@@ -221,9 +221,9 @@ func TestAuditRecordForms(t *testing.T) {
 			prev = e.Hash
 		}
 		var hd AuditHead
-		getJSON(tx.Bucket(bAuditHeads), tprefix("acme"), &hd)
+		getHead(tx.Bucket(bAuditHeads), "acme", &hd)
 		hd.Hash = prev
-		putJSON(tx.Bucket(bAuditHeads), tprefix("acme"), &hd)
+		putJSON(tx.Bucket(bAuditHeads), tprefix("acme"), &hd) // the head as earlier states stored it
 		return nil
 	})
 	if err != nil {

@@ -129,6 +129,9 @@ type Command struct {
 	Header     Header          `json:"h"`
 	Payload    json.RawMessage `json:"p,omitempty"`
 	BinPayload []byte          `json:"-"`
+	// binText is BinPayload as a string when the decoder made one: the
+	// payload's strings are then its substrings.
+	binText string
 }
 
 // The first byte of every encoded command says how the rest is encoded.
@@ -232,7 +235,9 @@ func DecodeCommand(b []byte) (Command, error) {
 }
 
 func (c *Command) decodeV2(b []byte) error {
-	d := newBdec(b)
+	// One string copy of the entry holds every string of the header and of a
+	// binary payload (one allocation instead of one per field).
+	d := newSharedBdec(b)
 	t := d.uvarint()
 	if t > math.MaxUint16 {
 		d.fail("command type out of range")
@@ -269,6 +274,7 @@ func (c *Command) decodeV2(b []byte) error {
 			return fmt.Errorf("%w: empty binary payload", errBinary)
 		}
 		c.BinPayload = rest[:len(rest):len(rest)]
+		c.binText = d.s[len(b)-len(rest):]
 	default:
 		return fmt.Errorf("%w: unknown payload kind %d", errBinary, kind)
 	}
@@ -296,6 +302,9 @@ func decodePayload(c *Command, v any) error {
 		return fmt.Errorf("a binary payload for a command without a binary form")
 	}
 	d := newSharedBdec(c.BinPayload)
+	if len(c.binText) == len(c.BinPayload) {
+		d = &bdec{b: c.BinPayload, n0: len(c.BinPayload), s: c.binText}
+	}
 	bp.decodeBinary(d)
 	return d.done()
 }

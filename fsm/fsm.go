@@ -163,9 +163,10 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			if l.Type != raft.LogCommand {
 				continue
 			}
-			w := &wtx{tx: tx, index: l.Index, batch: bs}
+			// The commands of a batch append their changes to one slice.
+			w := &wtx{tx: tx, index: l.Index, batch: bs, changes: changes}
 			out[i] = f.applyOne(w, l)
-			changes = append(changes, w.changes...)
+			changes = w.changes
 		}
 		bs.flushHeads(tx)
 		return tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last))
