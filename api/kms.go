@@ -31,8 +31,9 @@ import (
 // context names (a tenant principal's own tenant; the operator may name any),
 // and a key that tenant may use. Every other key answers 404 exactly as a key
 // that does not exist. Each request is audited per key (action
-// kms_operation: operation, key versions, item count, failures) through the
-// audit batcher; plaintext never reaches the log.
+// kms_decrypt for decryptions, kms_operation otherwise: operation, key
+// versions, item count, failures) through the audit batcher; plaintext never
+// reaches the log.
 
 // KMSConfig enables the KMS endpoints.
 type KMSConfig struct {
@@ -844,7 +845,13 @@ func (s *Server) auditKMS(r *http.Request, p fsm.Principal, op string, uses map[
 			if len(vstr) > 0 {
 				meta["versions"] = strings.Join(vstr, ",")
 			}
-			in := fsm.AuditInput{Tenant: tenant, Time: s.cfg.Now(), Action: fsm.ActionKMSOperation, Actor: actorOf(p),
+			// Decryptions are reads of protected data: their own action, which
+			// the threat engine's exfiltration detector counts (by "count").
+			action := fsm.ActionKMSOperation
+			if op == kmsOpDecrypt {
+				action = fsm.ActionKMSDecrypt
+			}
+			in := fsm.AuditInput{Tenant: tenant, Time: s.cfg.Now(), Action: action, Actor: actorOf(p),
 				Resource: resource, Outcome: outcome, IP: s.clientIP(r),
 				UserAgent: truncate(r.UserAgent(), 256), RequestID: requestID(r.Context()), Error: u.firstErr, Metadata: meta}
 			s.id.audit.Add(in)

@@ -46,6 +46,7 @@ const (
 	ActionKMSKeyCreated      Action = "kms_key_created"
 	ActionKMSKeyRotated      Action = "kms_key_rotated"
 	ActionKMSOperation       Action = "kms_operation"
+	ActionKMSDecrypt         Action = "kms_decrypt" // a data read: the exfiltration detector counts it
 	ActionKMSKeyGranted      Action = "kms_key_granted"
 	ActionKMSKeyGrantRevoked Action = "kms_key_grant_revoked"
 	ActionSigningKeyRotated  Action = "signing_key_rotated"

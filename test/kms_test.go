@@ -319,7 +319,7 @@ func TestKMSEndToEnd(t *testing.T) {
 	// Audit: key management and every field operation, never plaintext.
 	waitFor(t, 30*time.Second, "the KMS audit entries", func() bool {
 		es := auditOf(e.leader(), "acme", batchRid)
-		return len(es) == 1 && es[0].Action == fsm.ActionKMSOperation && es[0].Outcome == fsm.OutcomePartial &&
+		return len(es) == 1 && es[0].Action == fsm.ActionKMSDecrypt && es[0].Outcome == fsm.OutcomePartial &&
 			es[0].Metadata["count"] == "4" && es[0].Metadata["failed"] == "1" && es[0].Metadata["operation"] == "decrypt" &&
 			es[0].Metadata["key"] == "acme-pii" && es[0].Resource == "kms-key/acme-pii"
 	})
@@ -340,7 +340,7 @@ func TestKMSEndToEnd(t *testing.T) {
 		return nil
 	})
 	for _, a := range []fsm.Action{fsm.ActionKMSKeyCreated, fsm.ActionKMSKeyRotated, fsm.ActionConfigChanged, fsm.ActionKMSKeyGranted,
-		fsm.ActionKMSKeyGrantRevoked, fsm.ActionKMSOperation} {
+		fsm.ActionKMSKeyGrantRevoked, fsm.ActionKMSOperation, fsm.ActionKMSDecrypt} {
 		if !seen[a] {
 			t.Errorf("no %s audit entry", a)
 		}
