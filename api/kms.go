@@ -15,6 +15,7 @@ import (
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
 	"github.com/allsource/guard/kms"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The KMS endpoints (DESIGN.md §6, §10).
@@ -64,9 +65,37 @@ type KMSBackendStatus struct {
 }
 
 type kmsState struct {
-	cfg  KMSConfig
-	stop context.CancelFunc
-	done chan struct{}
+	cfg   KMSConfig
+	stop  context.CancelFunc
+	done  chan struct{}
+	items *prometheus.CounterVec // allsource_kms_items_total{operation, outcome}
+}
+
+// registerKMSMetrics adds the KMS service's metrics to the server's registry.
+func (s *Server) registerKMSMetrics(k *kmsState) {
+	k.items = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "allsource_kms_items_total", Help: "Field items handled by /v1/kms/encrypt|decrypt|datakey|rewrap on this server, by operation and outcome (ok, error).",
+	}, []string{"operation", "outcome"})
+	cs := func(name, help string, f func(kms.CacheStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f(k.cfg.Encryptor.CacheStats())) })
+	}
+	s.reg.MustRegister(k.items,
+		cs("allsource_kms_datakey_cache_hits_total", "Field operations served by a cached data key.", func(c kms.CacheStats) uint64 { return c.Hits }),
+		cs("allsource_kms_datakey_cache_misses_total", "Field operations that found no cached data key.", func(c kms.CacheStats) uint64 { return c.Misses }),
+		cs("allsource_kms_backend_calls_total", "Data keys generated or unwrapped by a backend on a cache miss.", func(c kms.CacheStats) uint64 { return c.BackendCalls }))
+	for _, b := range k.cfg.Keyring.Backends() {
+		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "allsource_kms_backend_up",
+			Help: "1 when the KMS backend answered its last reachability check, else 0.", ConstLabels: prometheus.Labels{"backend": b}},
+			func() float64 {
+				for _, st := range s.kmsBackendStatus() {
+					if st.Backend == b && st.OK {
+						return 1
+					}
+				}
+				return 0
+			}))
+	}
 }
 
 // EnableKMS mounts the KMS endpoints and starts scheduled rotation on the
@@ -83,6 +112,7 @@ func (s *Server) EnableKMS(cfg KMSConfig) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.kms = &kmsState{cfg: cfg, stop: cancel, done: make(chan struct{})}
+	s.registerKMSMetrics(s.kms)
 	h := func(pattern string, fn http.HandlerFunc) { s.mux.HandleFunc(pattern, s.wrap(pattern, fn)) }
 	h("POST /v1/kms/keys", s.write(s.createKMSKey))
 	h("GET /v1/kms/keys", s.read(s.listKMSKeys))
@@ -638,6 +668,7 @@ func (s *Server) kmsOperation(op string) handlerP {
 			res, tenant, key, err := s.kmsItem(r, p, op, req.Key, it, *c, authz)
 			if err != nil {
 				if !batch {
+					s.kms.items.WithLabelValues(op, "error").Inc()
 					s.auditKMS(r, p, op, map[string]map[string]*kmsKeyUse{tenant: {key: {n: 1, failed: 1, firstErr: errorCode(err)}}})
 					s.writeError(w, r, s.kmsError(err))
 					return
@@ -649,6 +680,11 @@ func (s *Server) kmsOperation(op string) handlerP {
 				res.Error = &kmsItemErrBody{Code: ae.Code, Message: ae.Message}
 			}
 			results[i] = res
+			if err != nil {
+				s.kms.items.WithLabelValues(op, "error").Inc()
+			} else {
+				s.kms.items.WithLabelValues(op, "ok").Inc()
+			}
 			if uses[tenant] == nil {
 				uses[tenant] = map[string]*kmsKeyUse{}
 			}

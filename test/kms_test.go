@@ -346,6 +346,15 @@ func TestKMSEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Metrics: items per operation and outcome, the data-key cache, backend reachability.
+	m := e.must(200, 1, "GET", "/metrics", op, nil, nil)
+	for _, want := range []string{`allsource_kms_items_total{operation="encrypt",outcome="ok"}`, `allsource_kms_items_total{operation="decrypt",outcome="error"}`,
+		"allsource_kms_datakey_cache_hits_total", `allsource_kms_backend_up{backend="local"} 1`} {
+		if !bytes.Contains(m.body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	// /health reports the KMS backends.
 	var h api.Health
 	e.must(200, 1, "GET", "/health", cred{}, nil, &h)
