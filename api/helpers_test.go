@@ -148,6 +148,12 @@ type state struct {
 
 func (ts *testServer) state() state {
 	ts.t.Helper()
+	// Let the audit batcher and raft settle first: an entry proposed before
+	// (the previous request's refusal audit) and applied between two
+	// captures would look like a change made by the refused request.
+	poll(ts.t, waitTimeout, "the server to settle", func() bool {
+		return ts.srv.API().AuditIdle() && ts.srv.FSM().AppliedIndex() == ts.srv.Node().LastIndex()
+	})
 	var s state
 	s.lastIndex = ts.srv.Node().LastIndex()
 	s.applied = ts.srv.FSM().AppliedIndex()

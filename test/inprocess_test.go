@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"net/url"
 	"reflect"
 	"slices"
@@ -36,10 +37,15 @@ type inprocCluster struct {
 	t     testing.TB
 	logs  *logSink
 	nodes map[string]*inprocNode
+	dir   string // the servers' data dirs live below it
 }
 
 func newInprocCluster(t testing.TB) *inprocCluster {
-	c := &inprocCluster{t: t, logs: newLogSink(t), nodes: map[string]*inprocNode{}}
+	// The data dirs' parent is made before the cleanup that stops the
+	// servers is registered, so it is removed after they stopped (cleanups
+	// run last-in first-out; a data dir made by t.TempDir in add was removed
+	// while its server still wrote to it: "directory not empty").
+	c := &inprocCluster{t: t, logs: newLogSink(t), nodes: map[string]*inprocNode{}, dir: t.TempDir()}
 	t.Cleanup(func() {
 		for _, n := range c.nodes {
 			c.stop(n)
@@ -53,8 +59,12 @@ func newInprocCluster(t testing.TB) *inprocCluster {
 func (c *inprocCluster) add(id string, join ...string) *inprocNode {
 	p := reservePorts(c.t, 3)
 	n := &inprocNode{tokens: make(chan string, 1)}
+	dataDir, err := os.MkdirTemp(c.dir, id+"-")
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	n.cfg = server.Config{
-		NodeID: id, DataDir: c.t.TempDir(),
+		NodeID: id, DataDir: dataDir,
 		HTTPAddr: loopback(p[0]), RaftAddr: loopback(p[1]), GossipAddr: loopback(p[2]),
 		Bootstrap: len(join) == 0, Join: join, JoinToken: testJoinToken,
 		LogLevel: "info", LogFormat: "text", MaxBodyBytes: 1 << 20, Version: "system-test",
