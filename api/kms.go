@@ -758,7 +758,7 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 	ak := tenant + "\x00" + key
 	aerr, seen := authz[ak]
 	if !seen {
-		aerr = s.usableKMSKey(p, tenant, key)
+		aerr = s.usableKMSKey(r.Context(), p, tenant, key)
 		authz[ak] = aerr
 	}
 	if aerr != nil {
@@ -834,15 +834,32 @@ func kmsTenant(p fsm.Principal, ctxTenant string) (string, error) {
 
 // usableKMSKey checks that key may be used in tenant: owned by it or granted
 // to it (the operator may use any key). Anything else is not found.
-func (s *Server) usableKMSKey(p fsm.Principal, tenant, key string) error {
+func (s *Server) usableKMSKey(ctx context.Context, p fsm.Principal, tenant, key string) error {
 	if fsm.ValidKMSKeyName(key) != nil {
 		return kmsKeyNotFound(key)
 	}
-	var k *fsm.KMSKey
-	_ = s.fsm.View(func(rd *fsm.Reader) error {
-		k, _ = rd.KMSKey(key)
-		return nil
-	})
+	load := func() *fsm.KMSKey {
+		var k *fsm.KMSKey
+		_ = s.fsm.View(func(rd *fsm.Reader) error {
+			k, _ = rd.KMSKey(key)
+			return nil
+		})
+		return k
+	}
+	k := load()
+	if k == nil && !s.node.IsLeader() {
+		// A key created a moment ago on the leader may be committed but not
+		// yet applied here: catch up with what this server knows is
+		// committed (briefly) before answering that it does not exist.
+		if idx := s.node.CommitIndex(); s.fsm.AppliedIndex() < idx {
+			select {
+			case <-s.fsm.AppliedCh(idx):
+				k = load()
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+			}
+		}
+	}
 	if k == nil || !p.IsOperator() && !k.UsableBy(tenant) {
 		return kmsKeyNotFound(key)
 	}
