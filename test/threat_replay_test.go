@@ -382,3 +382,26 @@ func TestThreatReplayCleanWeek(t *testing.T) {
 		t.Fatalf("the clean week has only %d entries", len(entries))
 	}
 }
+
+// TestThreatReplayKMSDecryptExfiltration: the same ETL key, after its normal
+// reads, decrypts 1,200 fields in five minutes through /v1/kms/decrypt
+// batches. The KMS service audits each batch as one kms_decrypt entry with
+// the item count; the exfiltration detector counts the items as reads.
+func TestThreatReplayKMSDecryptExfiltration(t *testing.T) {
+	s := newThreatStream()
+	normalOffice(s, "acme", 2, 0)
+	key := threatKeyActor(hexUser(50), "etl", "serviceaccount")
+	burst := threatMonday.AddDate(0, 0, 2).Add(14*time.Hour + time.Minute)
+	for i := 0; i < 12; i++ {
+		s.add(fsm.AuditEntry{Tenant: "acme", Time: burst.Add(time.Duration(i) * 20 * time.Second), Action: fsm.ActionKMSDecrypt, Actor: key,
+			Resource: "kms-key/pii", Metadata: map[string]string{"operation": "decrypt", "key": "pii", "count": "100", "failed": "0", "versions": "1"}})
+	}
+	ds := replayThreat(t, threat.Config{}, s.sorted())
+	ex := only(ds, fsm.AnomalyDataExfiltration)
+	if len(ex) == 0 || len(ex) != len(ds) || ex[0].Subject.KeyID != key.ID {
+		t.Fatalf("want exfiltration detections of the key only, got:%s", describe(ds))
+	}
+	if r := factor(t, ex[0], "read_rate_ratio"); r.Value < 5 {
+		t.Errorf("first crossing: ratio %+v, want at least 5×", r)
+	}
+}
