@@ -729,6 +729,7 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 	}
 	key := reqKey
 	var ct []byte
+	var ctVersion int
 	switch op {
 	case kmsOpDecrypt, kmsOpRewrap:
 		if it.Plaintext != "" {
@@ -737,11 +738,17 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 		if it.Ciphertext == "" {
 			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, "ciphertext is required")
 		}
-		ct = []byte(it.Ciphertext)
-		parsed, err := kms.ParseCiphertext(ct)
+		// Decoded once here (the text form is most of the parsing cost);
+		// the encryptor gets the binary form.
+		bin, err := kms.DecodeText(it.Ciphertext)
 		if err != nil {
 			return res, tenant, key, err
 		}
+		parsed, err := kms.ParseCiphertext(bin)
+		if err != nil {
+			return res, tenant, key, err
+		}
+		ct, ctVersion = bin, parsed.KeyVersion
 		if key == "" {
 			key = parsed.KeyName
 		} else if key != parsed.KeyName {
@@ -785,14 +792,14 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 		if err != nil {
 			return res, tenant, key, err
 		}
-		res.Plaintext, res.KeyVersion = base64.StdEncoding.EncodeToString(pt), ciphertextVersion(ct)
+		res.Plaintext, res.KeyVersion = base64.StdEncoding.EncodeToString(pt), ctVersion
 		clear(pt)
 	case kmsOpRewrap:
 		out, err := enc.Rewrap(ctx, key, ct, kc)
 		if err != nil {
 			return res, tenant, key, err
 		}
-		res.Ciphertext, res.KeyVersion = string(out), ciphertextVersion(out)
+		res.Ciphertext, res.KeyVersion = kms.EncodeText(out), ciphertextVersion(out)
 	case kmsOpDataKey:
 		dk, err := enc.GenerateDataKey(ctx, key, kc)
 		if err != nil {
