@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -386,10 +387,37 @@ func auditID(index uint64, n int) string {
 // ends, instead of read and written per entry) and the arena of the audit
 // records it put.
 type batchState struct {
-	heads map[string]*AuditHead
-	dirty []*AuditHead
-	arena []byte
-	audit *bolt.Bucket
+	heads  map[string]*AuditHead
+	dirty  []*AuditHead
+	arena  []byte
+	pooled *[]byte // where arena came from (arenas)
+	audit  *bolt.Bucket
+}
+
+// arenas keeps the arenas of finished batches: once the transaction has
+// ended, bolt holds no reference into them.
+var arenas = sync.Pool{New: func() any { return new([]byte) }}
+
+// reserve makes room for n more bytes in the arena.
+func (bs *batchState) reserve(n int) {
+	if bs.arena == nil {
+		bs.pooled = arenas.Get().(*[]byte)
+		bs.arena = (*bs.pooled)[:0]
+	}
+	bs.arena = slices.Grow(bs.arena, n)
+}
+
+// release returns the arena to the pool; the batch's transaction must have
+// ended. Arenas that grew past 4 MiB are left to the collector.
+func (bs *batchState) release() {
+	if bs.pooled == nil {
+		return
+	}
+	if cap(bs.arena) <= 4<<20 {
+		*bs.pooled = bs.arena[:0]
+		arenas.Put(bs.pooled)
+	}
+	bs.arena, bs.pooled = nil, nil
 }
 
 func (bs *batchState) auditBucket(tx *bolt.Tx) *bolt.Bucket {
@@ -497,7 +525,7 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	}
 	// Room for the records: each is about its input plus 130 bytes of ids,
 	// sequence numbers and hashes.
-	w.batch.arena = slices.Grow(w.batch.arena, len(c.BinPayload)+len(c.Payload)+160*len(p.Entries))
+	w.batch.reserve(len(c.BinPayload) + len(c.Payload) + 160*len(p.Entries))
 	w.changes = slices.Grow(w.changes, len(p.Entries))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])

@@ -157,8 +157,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	var changes []Change
 	last := logs[len(logs)-1].Index
+	bs := &batchState{}
+	defer bs.release()
 	err := f.update(func(tx *bolt.Tx) error {
-		bs := &batchState{}
 		for i, l := range logs {
 			if l.Type != raft.LogCommand {
 				continue
