@@ -31,7 +31,7 @@ import (
 //   - bare: hashicorp/raft with the same raft settings, raft-boltdb and TCP
 //     transport, a no-op FSM and 200-byte commands;
 //   - noop (for the breakdown): the ours cluster proposing fsm.CmdNoop, which
-//     costs the envelope's JSON decode and the bolt transaction per batch but
+//     costs the envelope's decode and the bolt transaction per batch but
 //     no state change.
 //
 // Each sub-benchmark runs b.N writes on each series, interleaved in four
