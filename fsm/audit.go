@@ -122,8 +122,15 @@ const auditRecordV2 byte = 2
 // the record version, then every field in declaration order (codec.go's
 // primitives; metadata in key order), ending with the previous hash.
 func (e *AuditEntry) appendCanonical(b []byte) []byte {
+	return e.appendCanonicalID(b, []byte(e.ID))
+}
+
+// appendCanonicalID is appendCanonical with the id given as bytes (Apply
+// hashes an entry before its id string exists).
+func (e *AuditEntry) appendCanonicalID(b, id []byte) []byte {
 	b = append(b, auditRecordV2)
-	b = appendStr(b, e.ID)
+	b = binary.AppendUvarint(b, uint64(len(id)))
+	b = append(b, id...)
 	b = appendStr(b, e.Tenant)
 	b = binary.AppendUvarint(b, e.Seq)
 	b = binary.AppendUvarint(b, e.Index)
@@ -333,10 +340,14 @@ func (w *wtx) audit(tenant string, action Action, resource string, outcome Outco
 }
 
 func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
-	head := w.batch.head(w.tx, in.Tenant)
+	bs := w.batch
+	head := bs.head(w.tx, in.Tenant)
 	w.auditN++
-	e := &AuditEntry{
-		ID: auditID(w.index, w.auditN), Tenant: in.Tenant, Seq: head.Seq + 1,
+	var idb [40]byte
+	id := appendAuditID(idb[:0], w.index, w.auditN)
+	e := bs.newEntry()
+	*e = AuditEntry{
+		Tenant: in.Tenant, Seq: head.Seq + 1,
 		Index: w.index, Time: in.Time.UTC(), Action: in.Action, Actor: in.Actor, Resource: in.Resource,
 		Outcome: in.Outcome, IP: in.IP, UserAgent: in.UserAgent, RequestID: in.RequestID,
 		Error: in.Error, Metadata: in.Metadata, PrevHash: head.Hash,
@@ -344,17 +355,21 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	// The key and the record go to the batch's arena: bolt keeps the slices
 	// until the transaction ends, and one growing buffer is one allocation
 	// for many entries.
-	bs := w.batch
 	k0 := len(bs.arena)
 	bs.arena = append(bs.arena, in.Tenant...)
 	bs.arena = append(bs.arena, 0)
 	bs.arena = binary.BigEndian.AppendUint64(bs.arena, e.Seq)
 	r0 := len(bs.arena)
-	bs.arena = e.appendCanonical(bs.arena)
+	bs.arena = e.appendCanonicalID(bs.arena, id)
 	sum := sha256.Sum256(bs.arena[r0:])
 	bs.arena = append(bs.arena, sum[:]...)
 	key, rec := bs.arena[k0:r0:r0], bs.arena[r0:len(bs.arena):len(bs.arena)]
-	e.Hash = hex.EncodeToString(sum[:])
+	// The id and the hash share one allocation.
+	idHash := make([]byte, len(id)+hex.EncodedLen(len(sum)))
+	copy(idHash, id)
+	hex.Encode(idHash[len(id):], sum[:])
+	both := string(idHash)
+	e.ID, e.Hash = both[:len(id)], both[len(id):]
 	if err := bs.auditBucket(w.tx).Put(key, rec); err != nil {
 		panic(fmt.Sprintf("fsm: put audit %q: %v", key, err))
 	}
@@ -363,23 +378,23 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	return e
 }
 
-// auditID is an entry's id: its raft index and its position among the
-// entries that index appended, "%016x-%04x".
-func auditID(index uint64, n int) string {
+// appendAuditID appends an entry's id: its raft index and its position
+// among the entries that index appended, "%016x-%04x".
+func appendAuditID(b []byte, index uint64, n int) []byte {
 	const digits = "0123456789abcdef"
-	var b [32]byte
+	var x [16]byte
 	for i := 15; i >= 0; i-- {
-		b[i] = digits[index&0xf]
+		x[i] = digits[index&0xf]
 		index >>= 4
 	}
-	b[16] = '-'
-	var tail [16]byte
-	t := len(tail)
-	for v := uint64(n); v > 0 || t > len(tail)-4; v >>= 4 {
+	b = append(b, x[:]...)
+	b = append(b, '-')
+	t := len(x)
+	for v := uint64(n); v > 0 || t > len(x)-4; v >>= 4 {
 		t--
-		tail[t] = digits[v&0xf]
+		x[t] = digits[v&0xf]
 	}
-	return string(append(b[:17], tail[t:]...))
+	return append(b, x[t:]...)
 }
 
 // batchState is what one ApplyBatch shares between its commands: the audit
@@ -387,11 +402,30 @@ func auditID(index uint64, n int) string {
 // ends, instead of read and written per entry) and the arena of the audit
 // records it put.
 type batchState struct {
+	slab   []AuditEntry // room for the entries of the command being applied
 	heads  map[string]*AuditHead
 	dirty  []*AuditHead
 	arena  []byte
 	pooled *[]byte // where arena came from (arenas)
 	audit  *bolt.Bucket
+}
+
+// newEntry returns room for an appended entry: from the slab reserveEntries
+// made (one allocation for a command's entries), else its own.
+func (bs *batchState) newEntry() *AuditEntry {
+	if len(bs.slab) < cap(bs.slab) {
+		bs.slab = bs.slab[:len(bs.slab)+1]
+		return &bs.slab[len(bs.slab)-1]
+	}
+	return &AuditEntry{}
+}
+
+// reserveEntries makes room for n entries in one allocation. The entries
+// outlive the batch (Change.Audit), so the slab is never reused.
+func (bs *batchState) reserveEntries(n int) {
+	if n > 1 && cap(bs.slab)-len(bs.slab) < n {
+		bs.slab = make([]AuditEntry, 0, n)
+	}
 }
 
 // arenas keeps the arenas of finished batches: once the transaction has
@@ -526,6 +560,7 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	// Room for the records: each is about its input plus 130 bytes of ids,
 	// sequence numbers and hashes.
 	w.batch.reserve(len(c.BinPayload) + len(c.Payload) + 160*len(p.Entries))
+	w.batch.reserveEntries(len(p.Entries))
 	w.changes = slices.Grow(w.changes, len(p.Entries))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])
