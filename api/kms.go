@@ -669,7 +669,7 @@ func (s *Server) kmsOperation(op string) handlerP {
 			if err != nil {
 				if !batch {
 					s.kms.items.WithLabelValues(op, "error").Inc()
-					s.auditKMS(r, p, op, map[string]map[string]*kmsKeyUse{tenant: {key: {n: 1, failed: 1, firstErr: errorCode(err)}}})
+					s.auditKMS(r, p, op, map[string]map[string]*kmsKeyUse{tenant: {key: {n: 1, failed: 1, firstErr: errorCode(s.kmsError(err))}}})
 					s.writeError(w, r, s.kmsError(err))
 					return
 				}
@@ -697,7 +697,7 @@ func (s *Server) kmsOperation(op string) handlerP {
 			if err != nil {
 				u.failed++
 				if u.firstErr == "" {
-					u.firstErr = errorCode(err)
+					u.firstErr = errorCode(s.kmsError(err))
 				}
 			} else if res.KeyVersion > 0 {
 				u.versions[res.KeyVersion] = true

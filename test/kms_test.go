@@ -321,7 +321,7 @@ func TestKMSEndToEnd(t *testing.T) {
 		es := auditOf(e.leader(), "acme", batchRid)
 		return len(es) == 1 && es[0].Action == fsm.ActionKMSDecrypt && es[0].Outcome == fsm.OutcomePartial &&
 			es[0].Metadata["count"] == "4" && es[0].Metadata["failed"] == "1" && es[0].Metadata["operation"] == "decrypt" &&
-			es[0].Metadata["key"] == "acme-pii" && es[0].Resource == "kms-key/acme-pii"
+			es[0].Metadata["key"] == "acme-pii" && es[0].Resource == "kms-key/acme-pii" && es[0].Error == "invalid_argument"
 	})
 	seen := map[fsm.Action]bool{}
 	_ = e.leader().srv.FSM().View(func(r *fsm.Reader) error {
