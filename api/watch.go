@@ -44,8 +44,13 @@ const (
 	watchWriteTimeout = 15 * time.Second
 	// watchLeaderless: a follower that has not heard from a leader for this
 	// long cannot vouch that its view is current; it sends its edges to
-	// another server (and refuses new streams) until it does.
-	watchLeaderless = 3 * time.Second
+	// another server (and refuses new streams) until it does. Raft's own
+	// followers give up on a leader after 400–800 ms (the heartbeat timeout);
+	// at 3 s, an edge watching a follower cut off from the leader kept
+	// enforcing a view without a revocation acknowledged meanwhile for up to
+	// 4 s (the check runs on the heartbeat tick), beyond the 2 s the fault
+	// suite allows (test/faults).
+	watchLeaderless = time.Second
 )
 
 // servesCurrent reports whether this server can stand behind a stream: it

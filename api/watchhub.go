@@ -50,7 +50,12 @@ type WatchHubConfig struct {
 	// QueueLimit bounds the events queued for one slow stream (default 8192);
 	// a stream that falls further behind is closed and its edge resumes.
 	QueueLimit int
-	// Heartbeat is the interval of heartbeat frames (default 1 s).
+	// Heartbeat is the interval of heartbeat frames (default 250 ms). Edges
+	// give up on a stream that is silent for 3 heartbeats (at least 1 s) and
+	// resume from another server, so this bounds how long an edge keeps
+	// watching a frozen or vanished server while writes it should see are
+	// acknowledged elsewhere; it is also how often a follower checks that it
+	// still hears from a leader (watchLeaderless).
 	Heartbeat time.Duration
 	// RecordsPerFrame is the number of records per snapshot frame (default 512).
 	RecordsPerFrame int
@@ -102,7 +107,7 @@ func NewWatchHub(cfg WatchHubConfig) *WatchHub {
 		cfg.QueueLimit = 8192
 	}
 	if cfg.Heartbeat <= 0 {
-		cfg.Heartbeat = time.Second
+		cfg.Heartbeat = 250 * time.Millisecond
 	}
 	if cfg.RecordsPerFrame <= 0 {
 		cfg.RecordsPerFrame = 512

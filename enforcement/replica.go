@@ -352,7 +352,10 @@ func (r *Replica) stream(ctx context.Context, addr string) error {
 			r.mu.Unlock()
 		}
 		if f.Type == "hello" && f.HeartbeatMS > 0 {
-			idle = max(3*time.Duration(f.HeartbeatMS)*time.Millisecond, 2*time.Second)
+			// Three missed heartbeats, at least 1 s: a server that froze
+			// (SIGSTOP, a VM pause) keeps the TCP connection open, and
+			// only this watchdog moves the edge to a live server.
+			idle = max(3*time.Duration(f.HeartbeatMS)*time.Millisecond, time.Second)
 			wd.Reset(idle)
 		}
 		if err != nil || done {

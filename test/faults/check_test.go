@@ -49,6 +49,7 @@ type result struct {
 	Elections     uint64
 	Leaders       []string
 	Faults        int
+	Load          string // 1-minute load average when the faults began → when they ended
 }
 
 // ok reports whether the row meets every goal that is a correctness

@@ -21,8 +21,8 @@ func report(t *testing.T, rows []*result, timings raftTimings, edgesNote string,
 	}
 	fmt.Fprintf(&b, "\n### %s tier, %s, raft timings: %s (took %v)\n\n", tier, time.Now().UTC().Format("2006-01-02 15:04 UTC"),
 		timings, took.Round(time.Second))
-	b.WriteString("| scenario | faults | ops issued | acked | ambiguous | lin. violations | stale-read regressions | acked writes lost | audit chains + node agreement | valid edge requests failed | leader loss → first acked write (min / median / max) | isolated leader steps down | cut-off leader acks | elections (leader changes) |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | faults | ops issued | acked | ambiguous | lin. violations | stale-read regressions | acked writes lost | audit chains + node agreement | valid edge requests failed | leader loss → first acked write (min / median / max) | isolated leader steps down | cut-off leader acks | elections (leader changes) | load avg |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		edge := "n/a"
 		if r.EdgeRequests >= 0 {
@@ -37,10 +37,10 @@ func report(t *testing.T, rows []*result, timings raftTimings, edgesNote string,
 		if !r.AuditOK || !r.Agree {
 			agree = fmt.Sprintf("✗ (audit %v, agree %v)", r.AuditOK, r.Agree)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d (%d writes) | %d (%d committed) | %s (of %d ops) | %d (of %d) | %d | %s | %s | %s | %s | %d | %d (%d) |\n",
+		fmt.Fprintf(&b, "| %s | %d | %d | %d (%d writes) | %d (%d committed) | %s (of %d ops) | %d (of %d) | %d | %s | %s | %s | %s | %d | %d (%d) | %s |\n",
 			r.Scenario, r.Faults, r.Ops, r.Acked, r.AckedWrites, r.Ambiguous, r.AmbiguousCommitted, lin, r.Lin.Checked,
 			r.StaleViolations, r.StaleReads, r.Lost+r.Misplaced, agree, edge, durations(r.Recovery), durations(r.StepDown),
-			r.IsolatedAcks, r.Elections, r.LeaderChanges)
+			r.IsolatedAcks, r.Elections, r.LeaderChanges, r.Load)
 	}
 	if edgesNote != "" {
 		fmt.Fprintf(&b, "\nEdge checks not run: %s.\n", edgesNote)

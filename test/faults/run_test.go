@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	mrand "math/rand/v2"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -231,6 +232,7 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 		r.edges.start(stop)
 	}
 
+	loadStart := loadAverage()
 	sleepCtx(ctx, sc.warmup)
 	for i := 0; i < sc.cycles && ctx.Err() == nil; i++ {
 		f, heal, err := sc.nemesis.inject(ctx, r)
@@ -259,6 +261,7 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 		}
 		sleepCtx(ctx, sc.heal)
 	}
+	loadEnd := loadAverage()
 	close(stop)
 	wg.Wait()
 	if r.edges != nil {
@@ -275,7 +278,23 @@ func runScenario(t *testing.T, c *cluster, sc scenario) *result {
 		t.Fatalf("%s: cluster did not recover after the faults healed: %v", sc.name, err)
 	}
 	r.finalReads(ctx, setup)
-	return r.check(ctx)
+	res := r.check(ctx)
+	res.Load = loadStart + " → " + loadEnd
+	return res
+}
+
+// loadAverage is the machine's 1-minute load average ("?" if unknown): the
+// figures depend on how busy the shared 2-core machine was.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 // event adds a line to the nemesis's timeline.
