@@ -41,6 +41,22 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, p fsm.Princi
 	if err == nil {
 		err = canAudit(p, t)
 	}
+	s.auditPage(w, r, t, err)
+}
+
+// queryClusterAudit is GET /v1/audit: the cluster's own chain — operator
+// actions, tenant lifecycle, and refusals that name no known tenant (a
+// forged token, an unknown operator token, a login to a tenant that does
+// not exist). Only the operator reads it.
+func (s *Server) queryClusterAudit(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
+	var err error
+	if !p.IsOperator() {
+		err = apiErr(http.StatusForbidden, CodeForbidden, "the cluster's audit chain is the operator's")
+	}
+	s.auditPage(w, r, "", err)
+}
+
+func (s *Server) auditPage(w http.ResponseWriter, r *http.Request, t string, err error) {
 	q := fsm.AuditQuery{Tenant: t}
 	vals := r.URL.Query()
 	if err == nil {

@@ -163,8 +163,14 @@ func (b *auditBatcher) loop() {
 	}
 }
 
-// deliver sends a batch, retrying with backoff for about 10 s (an election, a
-// leader restart) before giving up.
+// deliver sends a batch, retrying with backoff (up to 2 s between attempts)
+// until the cluster commits it: elections, a leader restart or a partition
+// delay audit entries, they do not lose them. While batches wait, the
+// in-flight slots stay taken and new entries queue in the buffer; only a
+// buffer that stays full drops entries (counted in
+// allsource_audit_dropped_total). At shutdown a batch gets three attempts.
+// A send that timed out may still commit, so a retry can store a batch twice
+// (at least once, never lost silently).
 func (b *auditBatcher) deliver(body batchBody) {
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
@@ -174,10 +180,8 @@ func (b *auditBatcher) deliver(body batchBody) {
 		if err == nil {
 			return
 		}
-		if attempt == 8 {
-			b.dropped.Add(uint64(body.size()))
-			b.s.log.Error("audit batch lost after retries", "entries", body.size(), "err", err)
-			return
+		if attempt == 8 || attempt%50 == 0 {
+			b.s.log.Warn("audit batch not committed yet; still retrying", "entries", body.size(), "attempts", attempt, "err", err)
 		}
 		select {
 		case <-time.After(backoff):

@@ -8,6 +8,7 @@ import (
 
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Secrets is what the identity endpoints need of the server's key material:
@@ -120,6 +121,13 @@ func (s *Server) EnableIdentity(cfg IdentityConfig) {
 	ctx, cancel := context.WithCancel(context.Background())
 	id := &identity{cfg: cfg, stop: cancel, done: make(chan struct{})}
 	id.audit = newAuditBatcher(s, cfg)
+	s.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "allsource_audit_dropped_total",
+			Help: "Audit entries this server dropped (invalid, buffer full, or unsent at shutdown)."},
+			func() float64 { return float64(id.audit.dropped.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "allsource_audit_pending",
+			Help: "Audit entries buffered or being sent, not yet committed."},
+			func() float64 { return float64(id.audit.pending.Load()) }))
 	id.uses = newKeyUses()
 	s.id = id
 	s.identityRoutes()

@@ -181,6 +181,7 @@ func (s *Server) routes() {
 	h("GET /v1/tenants/{t}/rate-limit", s.read(s.getRateLimit))
 	h("PUT /v1/tenants/{t}/rate-limit", s.write(s.putRateLimit))
 	h("GET /v1/tenants/{t}/audit", s.read(s.queryAudit))
+	h("GET /v1/audit", s.read(s.queryClusterAudit))
 	h("GET /v1/audit/verify", s.read(s.verifyAudit))
 	h("POST /v1/audit/retention", s.write(s.auditRetention))
 

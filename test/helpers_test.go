@@ -317,3 +317,10 @@ func voters(ms []member) (v, total int) {
 	}
 	return v, len(ms)
 }
+
+// contains reports whether any server logged s.
+func (s *logSink) contains(sub string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Contains(s.buf.Bytes(), []byte(sub))
+}
