@@ -457,7 +457,15 @@ func TestClusterInProcess(t *testing.T) {
 		// Backup semantics: the restored state carries the source cluster's
 		// operator credential; the fresh cluster's own token is gone with the
 		// state it replaced.
-		api.must(t, http.StatusUnauthorized, http.MethodGet, fresh.addr(), "/v1/tenants", freshTok, nil)
+		// (Right after the restore the server may still say it is catching up
+		// — 503, never "invalid" — until it has marked itself caught up.)
+		waitFor(t, 10*time.Second, "the replaced operator token to be refused", func() bool {
+			r, err := api.call(http.MethodGet, fresh.addr(), "/v1/tenants", freshTok, nil)
+			if err == nil && r.Status != http.StatusUnauthorized && r.Status != http.StatusServiceUnavailable {
+				t.Fatalf("the replaced operator token: %s, want 401 (or 503 while catching up)", r)
+			}
+			return err == nil && r.Status == http.StatusUnauthorized
+		})
 		after := clusterState(t, api, fresh.addr(), tok)
 		if d := before.diff(after); d != "" {
 			t.Fatalf("restored state differs from the source: %s", d)
