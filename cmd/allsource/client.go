@@ -337,12 +337,17 @@ func runAudit(args []string) error {
 		since := fs.String("since", "", "RFC 3339 start time")
 		until := fs.String("until", "", "RFC 3339 end time")
 		limit := fs.Int("limit", 100, "entries per page")
+		cluster := fs.Bool("cluster", false, "the cluster's own chain (operator): no TENANT")
 		pos, err := parseWith(fs, args)
-		if err == nil {
-			err = needArgs(pos, 1, "allsource audit query|tail TENANT [-action A] [-actor X] [-since T] [-until T]")
+		if err == nil && !*cluster {
+			err = needArgs(pos, 1, "allsource audit query|tail TENANT|-cluster [-action A] [-actor X] [-since T] [-until T]")
 		}
 		if err != nil {
 			return err
+		}
+		path := "/v1/audit?"
+		if !*cluster {
+			path = "/v1/tenants/" + url.PathEscape(pos[0]) + "/audit?"
 		}
 		cursor := ""
 		for {
@@ -366,7 +371,7 @@ func runAudit(args []string) error {
 				NextCursor string `json:"next_cursor"`
 			}
 			var raw json.RawMessage
-			if err := c.do("GET", "/v1/tenants/"+url.PathEscape(pos[0])+"/audit?"+q.Encode(), nil, &raw); err != nil {
+			if err := c.do("GET", path+q.Encode(), nil, &raw); err != nil {
 				return err
 			}
 			if c.asJSON {
