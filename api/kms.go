@@ -24,7 +24,17 @@ import (
 // backend material there and stores the record through KMSKeyStore (raft).
 // The operator manages every key; a tenant admin manages its tenant's own
 // keys; tenant members with Read see the keys their tenant may use (owned or
-// granted). Only the operator grants keys.
+// granted). Only the operator grants keys, and only global ones.
+//
+// Key names (fsm/kmskeys.go): a tenant's key is stored as "<tenant>/<name>",
+// a global key as "<name>". A tenant principal always uses short names: its
+// own key "<tenant>/<name>" first, else a global key "<name>" granted to it
+// (the state machine sees to it that there are never both); any other
+// spelling ("b/payments", "../b/payments") is a key that does not exist, and
+// answers exactly as one. The operator uses stored names: in a JSON body
+// "acme/payments", in a /v1/kms/keys/{name} path "payments?tenant=acme" (or
+// the escaped "acme%2Fpayments"). Responses show a tenant its own keys by
+// short name, the operator every key by stored name.
 //
 // The field-encryption endpoints (/v1/kms/encrypt, decrypt, datakey, rewrap)
 // run on whichever server receives them: key records are replicated, so any
@@ -236,12 +246,24 @@ type KMSVersionView struct {
 	Ref string `json:"ref,omitempty"`
 }
 
+// kmsDisplayName is how p sees stored key name: a tenant its own keys by
+// short name, everything else (global keys; every key for the operator) by
+// the stored name.
+func kmsDisplayName(p fsm.Principal, stored string) string {
+	if !p.IsOperator() && p.Tenant != "" {
+		if short, ok := strings.CutPrefix(stored, p.Tenant+"/"); ok {
+			return short
+		}
+	}
+	return stored
+}
+
 func kmsKeyView(k *fsm.KMSKey, p fsm.Principal) (KMSKeyView, error) {
 	rec, err := kms.UnmarshalKeyRecord(k.Record)
 	if err != nil {
 		return KMSKeyView{}, err
 	}
-	v := KMSKeyView{Name: k.Name, Tenant: k.Tenant, Backend: rec.Backend, LatestVersion: rec.LatestVersion(),
+	v := KMSKeyView{Name: kmsDisplayName(p, k.Name), Tenant: k.Tenant, Backend: rec.Backend, LatestVersion: rec.LatestVersion(),
 		MinDecryptionVersion: rec.MinDecryptionVersion, NextRotation: rec.NextRotation(), FormerTenant: k.FormerTenant,
 		Revision: k.Revision, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt}
 	if rec.RotationPeriod > 0 {
@@ -272,19 +294,78 @@ func (s *Server) kmsReady() error {
 	return nil
 }
 
-// visibleKMSKey loads key name if p may see it: the operator any key, a
-// tenant member (with Read) the keys its tenant owns or was granted. Any
-// other key is not found.
-func (s *Server) visibleKMSKey(w http.ResponseWriter, p fsm.Principal, name string) (*fsm.KMSKey, error) {
+// resolveKMSKey finds the key p calls name in tenant (for a tenant
+// principal, its own tenant): the operator names any key by its stored name
+// (and, in a tenant's context, that tenant's own keys by short name too);
+// a tenant names its own key "<tenant>/<name>" by name, else a global key
+// name granted to it (or, stored before keys were namespaced, a bare-named key
+// of its own). Anything else is nil, as a key that does not exist.
+func resolveKMSKey(rd *fsm.Reader, p fsm.Principal, tenant, name string) *fsm.KMSKey {
+	if p.IsOperator() {
+		if fsm.ValidKMSStoredName(name) != nil {
+			return nil
+		}
+		// In a tenant's context, a short name is first the tenant's own key
+		// (as the tenant would name it).
+		if tenant != "" && !strings.Contains(name, "/") {
+			if k, ok := rd.KMSKey(fsm.KMSStoredName(tenant, name)); ok && k.Tenant == tenant {
+				return k
+			}
+		}
+		k, _ := rd.KMSKey(name)
+		return k
+	}
+	if fsm.ValidKMSKeyName(name) != nil || tenant == "" {
+		return nil
+	}
+	if k, ok := rd.KMSKey(fsm.KMSStoredName(tenant, name)); ok && k.Tenant == tenant {
+		return k
+	}
+	if k, ok := rd.KMSKey(name); ok && k.UsableBy(tenant) {
+		return k
+	}
+	return nil
+}
+
+// kmsPathName is the key a /v1/kms/keys/{name} route names: for the operator
+// {name} with an optional ?tenant= (the tenant's key "<tenant>/<name>"); for
+// a tenant principal a short name, and a tenant parameter, if any, must be
+// its own (any other: not found, like every key outside its reach).
+func kmsPathName(r *http.Request, p fsm.Principal) (name string, err error) {
+	name = r.PathValue("name")
+	t := r.URL.Query().Get("tenant")
+	if t == "" {
+		return name, nil
+	}
+	if !p.IsOperator() {
+		if t != p.Tenant {
+			return "", kmsKeyNotFound(name)
+		}
+		return name, nil
+	}
+	if fsm.ValidTenantID(t) != nil {
+		return "", apiErr(http.StatusBadRequest, CodeInvalidArgument, "tenant: not a valid tenant id")
+	}
 	if fsm.ValidKMSKeyName(name) != nil {
-		return nil, kmsKeyNotFound(name)
+		return "", kmsKeyNotFound(name)
+	}
+	return fsm.KMSStoredName(t, name), nil
+}
+
+// visibleKMSKey loads the key the request's path names if p may see it: the
+// operator any key, a tenant member (with Read) the keys its tenant owns or
+// was granted. Any other key is not found.
+func (s *Server) visibleKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) (*fsm.KMSKey, error) {
+	name, err := kmsPathName(r, p)
+	if err != nil {
+		return nil, err
 	}
 	var k *fsm.KMSKey
 	_ = s.view(w, func(rd *fsm.Reader) error {
-		k, _ = rd.KMSKey(name)
+		k = resolveKMSKey(rd, p, p.Tenant, name)
 		return nil
 	})
-	if k == nil || !p.IsOperator() && !k.UsableBy(p.Tenant) {
+	if k == nil {
 		return nil, kmsKeyNotFound(name)
 	}
 	if !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermRead) {
@@ -296,8 +377,8 @@ func (s *Server) visibleKMSKey(w http.ResponseWriter, p fsm.Principal, name stri
 // manageableKMSKey loads key name if p may change it: the operator any key,
 // a tenant admin its own tenant's keys. A key p may use but not manage (a
 // grant, a global key) answers 403; a key it may not see, 404.
-func (s *Server) manageableKMSKey(w http.ResponseWriter, p fsm.Principal, name string) (*fsm.KMSKey, error) {
-	k, err := s.visibleKMSKey(w, p, name)
+func (s *Server) manageableKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) (*fsm.KMSKey, error) {
+	k, err := s.visibleKMSKey(w, r, p)
 	if err != nil {
 		return nil, err
 	}
@@ -394,26 +475,31 @@ func (s *Server) createKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Prin
 		s.writeError(w, r, apiErr(http.StatusBadRequest, CodeInvalidArgument, "backend_ref is longer than 2048 bytes"))
 		return
 	}
-	_, err = s.kms.cfg.Keyring.CreateKey(s.kmsCallerCtx(r, p, owner), req.Name, kms.KeyOptions{Backend: req.Backend, RotationPeriod: period, BackendRef: req.BackendRef})
+	// A tenant's key lives in its own name space: the name can only be
+	// taken by a key of the same tenant (or one the operator granted it),
+	// so a 409 reveals nothing about other tenants.
+	stored := fsm.KMSStoredName(owner, req.Name)
+	_, err = s.kms.cfg.Keyring.CreateKey(s.kmsCallerCtx(r, p, owner), stored, kms.KeyOptions{Backend: req.Backend, RotationPeriod: period, BackendRef: req.BackendRef})
 	if err != nil {
 		if errors.Is(err, kms.ErrKeyExists) {
-			err = apiErr(http.StatusConflict, CodeConflict, fmt.Sprintf("key name %q is taken", req.Name))
+			err = apiErr(http.StatusConflict, CodeConflict, fmt.Sprintf("key name %q is taken", kmsDisplayName(p, stored)))
 		}
 		s.writeError(w, r, s.kmsError(err))
 		return
 	}
-	s.writeKMSKey(w, r, p, req.Name, http.StatusCreated)
+	s.writeKMSKey(w, r, p, stored, http.StatusCreated)
 }
 
-// writeKMSKey answers with the stored key (as this leader applied it).
-func (s *Server) writeKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal, name string, status int) {
+// writeKMSKey answers with the key stored under stored (as this leader
+// applied it).
+func (s *Server) writeKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal, stored string, status int) {
 	var k *fsm.KMSKey
 	_ = s.view(w, func(rd *fsm.Reader) error {
-		k, _ = rd.KMSKey(name)
+		k, _ = rd.KMSKey(stored)
 		return nil
 	})
 	if k == nil {
-		s.writeError(w, r, kmsKeyNotFound(name))
+		s.writeError(w, r, kmsKeyNotFound(kmsDisplayName(p, stored)))
 		return
 	}
 	v, err := kmsKeyView(k, p)
@@ -459,7 +545,7 @@ func (s *Server) getKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Princip
 	err := s.kmsReady()
 	var k *fsm.KMSKey
 	if err == nil {
-		k, err = s.visibleKMSKey(w, p, r.PathValue("name"))
+		k, err = s.visibleKMSKey(w, r, p)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -474,19 +560,19 @@ func (s *Server) getKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Princip
 }
 
 func (s *Server) rotateKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
-	name := r.PathValue("name")
 	err := s.kmsReady()
+	var k *fsm.KMSKey
 	if err == nil {
-		_, err = s.manageableKMSKey(w, p, name)
+		k, err = s.manageableKMSKey(w, r, p)
 	}
 	if err == nil {
-		_, err = s.kms.cfg.Keyring.RotateKey(s.kmsCallerCtx(r, p, ""), name)
+		_, err = s.kms.cfg.Keyring.RotateKey(s.kmsCallerCtx(r, p, ""), k.Name)
 	}
 	if err != nil {
 		s.writeError(w, r, s.kmsError(err))
 		return
 	}
-	s.writeKMSKey(w, r, p, name, http.StatusOK)
+	s.writeKMSKey(w, r, p, k.Name, http.StatusOK)
 }
 
 type updateKMSKeyReq struct {
@@ -495,11 +581,11 @@ type updateKMSKeyReq struct {
 }
 
 func (s *Server) updateKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
-	name := r.PathValue("name")
 	var req updateKMSKeyReq
+	var k *fsm.KMSKey
 	err := s.kmsReady()
 	if err == nil {
-		_, err = s.manageableKMSKey(w, p, name)
+		k, err = s.manageableKMSKey(w, r, p)
 	}
 	if err == nil {
 		err = decodeJSON(r, &req)
@@ -517,6 +603,7 @@ func (s *Server) updateKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Prin
 	}
 	ctx := s.kmsCallerCtx(r, p, "")
 	kr := s.kms.cfg.Keyring
+	name := k.Name
 	if req.RotationPeriod != nil {
 		if _, err := kr.SetRotationPeriod(ctx, name, period); err != nil {
 			s.writeError(w, r, s.kmsError(err))
@@ -538,10 +625,10 @@ type grantKMSKeyReq struct {
 
 func (s *Server) grantKMSKey(revoke bool) handlerP {
 	return func(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
-		name := r.PathValue("name")
 		err := s.kmsReady()
+		var k *fsm.KMSKey
 		if err == nil {
-			_, err = s.visibleKMSKey(w, p, name)
+			k, err = s.visibleKMSKey(w, r, p)
 		}
 		if err == nil && !p.IsOperator() {
 			err = apiErr(http.StatusForbidden, CodeForbidden, "only the operator grants keys")
@@ -558,7 +645,7 @@ func (s *Server) grantKMSKey(revoke bool) handlerP {
 			s.writeError(w, r, err)
 			return
 		}
-		res, err := s.propose(r, p, fsm.CmdGrantKMSKey, &fsm.GrantKMSKeyCmd{Name: name, Tenant: req.Tenant, Revoke: revoke})
+		res, err := s.propose(r, p, fsm.CmdGrantKMSKey, &fsm.GrantKMSKeyCmd{Name: k.Name, Tenant: req.Tenant, Revoke: revoke})
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -655,7 +742,7 @@ func (s *Server) kmsOperation(op string) handlerP {
 		}
 		uses := map[string]map[string]*kmsKeyUse{} // tenant → key → use
 		results := make([]kmsItemResult, len(items))
-		authz := map[string]error{} // tenant \x00 key → authorization outcome
+		authz := map[string]kmsAuthz{} // tenant \x00 key \x00 by-stored-name → authorization outcome
 		for i := range items {
 			it := &items[i]
 			c := it.Context
@@ -721,13 +808,20 @@ func errorCode(err error) string {
 
 // kmsItem runs one item. It returns the tenant and key the item used (for
 // the audit entry) and the item's error.
-func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it *kmsItemReq, c kmsContextReq, authz map[string]error) (kmsItemResult, string, string, error) {
+// kmsAuthz is a key's authorization outcome, cached per request.
+type kmsAuthz struct {
+	stored string
+	err    error
+}
+
+func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it *kmsItemReq, c kmsContextReq, authz map[string]kmsAuthz) (kmsItemResult, string, string, error) {
 	var res kmsItemResult
 	tenant, err := kmsTenant(p, c.Tenant)
 	if err != nil {
 		return res, p.Tenant, reqKey, err
 	}
-	key := reqKey
+	key := reqKey // as the caller spelled it; once authorized, the stored name
+	ctKey := ""   // the stored name a ciphertext carries
 	var ct []byte
 	var ctVersion int
 	switch op {
@@ -748,11 +842,9 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 		if err != nil {
 			return res, tenant, key, err
 		}
-		ct, ctVersion = bin, parsed.KeyVersion
+		ct, ctVersion, ctKey = bin, parsed.KeyVersion, parsed.KeyName
 		if key == "" {
 			key = parsed.KeyName
-		} else if key != parsed.KeyName {
-			return res, tenant, key, fmt.Errorf("%w: the ciphertext was made with another key", kms.ErrKeyMismatch)
 		}
 	default:
 		if it.Ciphertext != "" {
@@ -762,19 +854,28 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, "datakey takes no plaintext")
 		}
 	}
-	ak := tenant + "\x00" + key
-	aerr, seen := authz[ak]
+	// A key named in the request is resolved as p names keys (a tenant: its
+	// own short name, or a granted global key); a key taken from the
+	// ciphertext is a stored name, usable if the tenant owns it or was
+	// granted it. Either way a key outside the tenant's reach is not found.
+	byStored := reqKey == ""
+	ak := tenant + "\x00" + key + "\x00" + strconv.FormatBool(byStored)
+	az, seen := authz[ak]
 	if !seen {
-		aerr = s.usableKMSKey(r.Context(), p, tenant, key)
-		authz[ak] = aerr
+		az.stored, az.err = s.usableKMSKey(r.Context(), p, tenant, key, byStored)
+		authz[ak] = az
 	}
-	if aerr != nil {
-		return res, tenant, key, aerr
+	if az.err != nil {
+		return res, tenant, key, az.err
 	}
+	if ctKey != "" && ctKey != az.stored {
+		return res, tenant, key, fmt.Errorf("%w: the ciphertext was made with another key", kms.ErrKeyMismatch)
+	}
+	key = az.stored
 	kc := kms.Context{Tenant: tenant, Field: c.Field}
 	enc := s.kms.cfg.Encryptor
 	ctx := r.Context()
-	res.Key = key
+	res.Key = kmsDisplayName(p, key)
 	switch op {
 	case kmsOpEncrypt:
 		pt, err := base64.StdEncoding.DecodeString(it.Plaintext)
@@ -839,16 +940,22 @@ func kmsTenant(p fsm.Principal, ctxTenant string) (string, error) {
 	return p.Tenant, nil
 }
 
-// usableKMSKey checks that key may be used in tenant: owned by it or granted
-// to it (the operator may use any key). Anything else is not found.
-func (s *Server) usableKMSKey(ctx context.Context, p fsm.Principal, tenant, key string) error {
-	if fsm.ValidKMSKeyName(key) != nil {
-		return kmsKeyNotFound(key)
+// usableKMSKey checks that key may be used in tenant and returns its stored
+// name: owned by tenant or granted to it (the operator may use any key).
+// With byStored, key is a stored name (from a ciphertext), else a name as p
+// spells it (resolveKMSKey). Anything else is not found.
+func (s *Server) usableKMSKey(ctx context.Context, p fsm.Principal, tenant, key string, byStored bool) (string, error) {
+	if byStored && fsm.ValidKMSStoredName(key) != nil || !byStored && !p.IsOperator() && fsm.ValidKMSKeyName(key) != nil {
+		return "", kmsKeyNotFound(key)
 	}
 	load := func() *fsm.KMSKey {
 		var k *fsm.KMSKey
 		_ = s.fsm.View(func(rd *fsm.Reader) error {
-			k, _ = rd.KMSKey(key)
+			if byStored {
+				k, _ = rd.KMSKey(key)
+			} else {
+				k = resolveKMSKey(rd, p, tenant, key)
+			}
 			return nil
 		})
 		return k
@@ -868,9 +975,9 @@ func (s *Server) usableKMSKey(ctx context.Context, p fsm.Principal, tenant, key 
 		}
 	}
 	if k == nil || !p.IsOperator() && !k.UsableBy(tenant) {
-		return kmsKeyNotFound(key)
+		return "", kmsKeyNotFound(key)
 	}
-	return nil
+	return k.Name, nil
 }
 
 // auditKMS records one kms_operation entry per tenant and key of a request.
@@ -899,8 +1006,8 @@ func (s *Server) auditKMS(r *http.Request, p fsm.Principal, op string, uses map[
 			meta := map[string]string{"operation": op, "count": strconv.Itoa(u.n), "failed": strconv.Itoa(u.failed)}
 			resource := "kms"
 			if key != "" { // a malformed ciphertext names no key
-				meta["key"] = truncate(key, 64)
-				resource = "kms-key/" + truncate(key, 64)
+				meta["key"] = truncate(key, kms.MaxStoredKeyNameLen)
+				resource = "kms-key/" + truncate(key, kms.MaxStoredKeyNameLen)
 			}
 			if len(vstr) > 0 {
 				meta["versions"] = strings.Join(vstr, ",")

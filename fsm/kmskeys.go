@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/allsource/guard/auth"
@@ -19,8 +20,19 @@ import (
 //
 // A key is owned by a tenant (its admins create and manage it) or global
 // (Tenant "", the operator's); the operator may grant a key to other tenants,
-// which may then use it (encrypt, decrypt, ...) but not manage it. Key names
-// are unique across the cluster: they are written into every ciphertext.
+// which may then use it (encrypt, decrypt, ...) but not manage it.
+//
+// Key names are namespaced by owner: a global key is stored under its short
+// name ("payments"), a tenant's key under "<tenant>/<name>" ("acme/payments"),
+// so two tenants may each create "payments" and neither learns that the other
+// did (a cluster-wide name space made "name taken" an existence oracle across
+// tenants). The stored name is what ciphertexts carry, so a ciphertext stays
+// bound to its owner's key. Apply enforces the namespace when a key is
+// created: a tenant key's prefix is its owner, a global name has no '/'. Only
+// global keys are granted, and a tenant never has an own key and a granted
+// global key of the same short name (either order is refused), so a tenant's
+// short name always resolves to one key. A deleted tenant's keys pass to the
+// operator under their stored names (FormerTenant records whose they were).
 
 // KMSKey is one named key as stored.
 type KMSKey struct {
@@ -80,6 +92,44 @@ func ValidKMSKeyName(name string) *Error {
 	return nil
 }
 
+// KMSStoredName is the stored name of key name owned by tenant ("" global):
+// "<tenant>/<name>" or name.
+func KMSStoredName(tenant, name string) string {
+	if tenant == "" {
+		return name
+	}
+	return tenant + "/" + name
+}
+
+// ValidKMSStoredName checks a stored key name: a short name, or
+// "<tenant>/<name>" with a valid tenant id.
+func ValidKMSStoredName(stored string) *Error {
+	tenant, name, ok := strings.Cut(stored, "/")
+	if !ok {
+		return ValidKMSKeyName(stored)
+	}
+	if ValidTenantID(tenant) != nil {
+		return errf(CodeInvalidArgument, "a tenant key's name is <tenant>/<name> with a valid tenant id")
+	}
+	return ValidKMSKeyName(name)
+}
+
+// validNewKMSKeyName checks the stored name of a key being created for
+// owner: a global key's name has no '/', a tenant key's is "<owner>/<name>".
+func validNewKMSKeyName(stored, owner string) *Error {
+	if e := ValidKMSStoredName(stored); e != nil {
+		return e
+	}
+	prefix, _, qualified := strings.Cut(stored, "/")
+	switch {
+	case owner == "" && qualified:
+		return errf(CodeInvalidArgument, "a global key's name has no '/'")
+	case owner != "" && (!qualified || prefix != owner):
+		return errf(CodeInvalidArgument, "a key of tenant %q is named %q/<name>", owner, owner)
+	}
+	return nil
+}
+
 // kmsRecordShape is the part of a kms key record Apply reads to check the
 // command against it and to describe the change in the audit log.
 type kmsRecordShape struct {
@@ -130,12 +180,19 @@ func applyPutKMSKey(w *wtx, c *Command) (any, *Error) {
 	var p PutKMSKeyCmd
 	mustDecodePayload(c, &p)
 	pr := c.Header.Principal
-	if e := ValidKMSKeyName(p.Name); e != nil {
+	if e := ValidKMSStoredName(p.Name); e != nil {
 		return nil, e
 	}
 	if p.Tenant != "" {
 		if err := ValidTenantID(p.Tenant); err != nil {
 			return nil, errf(CodeInvalidArgument, "%v", err)
+		}
+	}
+	// A new key's name is in its owner's name space (checked before the
+	// store is read: a name outside it says nothing about other keys).
+	if p.Revision == 1 {
+		if e := validNewKMSKeyName(p.Name, p.Tenant); e != nil {
+			return nil, e
 		}
 	}
 	if p.Revision == 0 {
@@ -145,9 +202,9 @@ func applyPutKMSKey(w *wtx, c *Command) (any, *Error) {
 	var cur KMSKey
 	exists := getJSON(b, []byte(p.Name), &cur)
 	// The caller's authority over the owner it names comes first; a key of
-	// another owner is then a taken name (creation) or, for an update, not
-	// found: a tenant learns nothing about other tenants' keys beyond the
-	// fact that a name is taken.
+	// another owner is then a taken name (creation: only possible in a
+	// tenant's own name space, for a key its deleted predecessor under the
+	// same id left to the operator) or, for an update, not found.
 	if e := mayManageKMSKey(w, pr, p.Tenant); e != nil {
 		return nil, e
 	}
@@ -172,6 +229,13 @@ func applyPutKMSKey(w *wtx, c *Command) (any, *Error) {
 	case !exists && p.Revision == 1:
 		if len(rec.Versions) != 1 {
 			return nil, errf(CodeInvalidArgument, "a new key has exactly one version")
+		}
+		if p.Tenant != "" {
+			_, short, _ := strings.Cut(p.Name, "/")
+			var g KMSKey
+			if getJSON(b, []byte(short), &g) && g.Tenant == "" && slices.Contains(g.Grants, p.Tenant) {
+				return nil, errf(CodeConflict, "key name %q is taken: a global key of that name is granted to tenant %q", short, p.Tenant)
+			}
 		}
 		k := &KMSKey{Name: p.Name, Tenant: p.Tenant, Revision: 1, Record: p.Record, CreatedBy: pr.Name, CreatedAt: now, UpdatedAt: now}
 		if k.CreatedBy == "" {
@@ -220,7 +284,7 @@ func applyGrantKMSKey(w *wtx, c *Command) (any, *Error) {
 	if e := requireOperator(c.Header.Principal); e != nil {
 		return nil, e
 	}
-	if e := ValidKMSKeyName(p.Name); e != nil {
+	if e := ValidKMSStoredName(p.Name); e != nil {
 		return nil, e
 	}
 	if err := ValidTenantID(p.Tenant); err != nil {
@@ -230,6 +294,17 @@ func applyGrantKMSKey(w *wtx, c *Command) (any, *Error) {
 	var k KMSKey
 	if !getJSON(b, []byte(p.Name), &k) {
 		return nil, errf(CodeNotFound, "key %q not found", p.Name)
+	}
+	if !p.Revoke && (k.Tenant != "" || strings.Contains(p.Name, "/")) {
+		// A tenant key is its tenant's alone; a deleted tenant's key (now
+		// the operator's) keeps its "<tenant>/" name, which no other tenant
+		// can address.
+		return nil, errf(CodeInvalidArgument, "only global keys are granted; key %q belongs to a tenant", p.Name)
+	}
+	if !p.Revoke && p.Tenant != k.Tenant {
+		if getJSON(b, []byte(KMSStoredName(p.Tenant, p.Name)), new(KMSKey)) {
+			return nil, errf(CodeConflict, "tenant %q has its own key %q", p.Tenant, p.Name)
+		}
 	}
 	if _, ok := w.reader().Tenant(p.Tenant); !ok && !p.Revoke {
 		return nil, errf(CodeNotFound, "tenant %q not found", p.Tenant)

@@ -60,9 +60,15 @@ func kmsHandlerCases() map[CommandType][]step {
 				t.Errorf("audit = %+v, want kms_key_created for kms-key/pii", e)
 			}
 		}},
-		{name: "operator creates for acme", by: opP, payload: putKey("acme-key", "acme", 1, 1, 1), check: wantKey("acme-key", "acme", 1)},
+		{name: "operator creates for acme", by: opP, payload: putKey("acme/key", "acme", 1, 1, 1), check: wantKey("acme/key", "acme", 1)},
+		{name: "tenant key in another tenant's name space", by: opP, payload: putKey("globex/key", "acme", 1, 1, 1), want: CodeInvalidArgument},
+		{name: "tenant key without its tenant prefix", by: opP, payload: putKey("key2", "acme", 1, 1, 1), want: CodeInvalidArgument},
+		{name: "global key with a tenant prefix", by: opP, payload: putKey("acme/key2", "", 1, 1, 1), want: CodeInvalidArgument},
+		{name: "global key with a slash", by: opP, payload: putKey("a/b/c", "", 1, 1, 1), want: CodeInvalidArgument},
+		{name: "tenant key with a bad prefix", by: opP, payload: putKey("Acme/key", "acme", 1, 1, 1), want: CodeInvalidArgument},
+		{name: "same short name in another tenant", by: opP, payload: putKey("globex/key", "globex", 1, 1, 1), check: wantKey("globex/key", "globex", 1)},
 		{name: "create taken name", by: opP, payload: putKey("pii", "", 1, 1, 1), want: CodeConflict},
-		{name: "create taken name for another owner", by: opP, payload: putKey("pii", "globex", 1, 1, 1), want: CodeConflict},
+		{name: "create taken name for another owner", by: opP, payload: putKey("pii", "globex", 1, 1, 1), want: CodeInvalidArgument},
 		{name: "rotate", by: opP, payload: putKey("pii", "", 2, 2, 1), check: func(t *testing.T, h *harness, res *Result) {
 			wantKey("pii", "", 2)(t, h, res)
 			if e := lastAudit(t, h.f, ""); e.Action != ActionKMSKeyRotated || e.Metadata["version"] != "2" {
@@ -90,12 +96,12 @@ func kmsHandlerCases() map[CommandType][]step {
 		{name: "bad name", by: opP, payload: putKey("a.b", "", 1, 1, 1), want: CodeInvalidArgument},
 		{name: "long name", by: opP, payload: putKey(longID(65), "", 1, 1, 1), want: CodeInvalidArgument},
 		{name: "revision 0", by: opP, payload: putKey("x", "", 0, 1, 1), want: CodeInvalidArgument},
-		{name: "bad tenant", by: opP, payload: putKey("x", "A B", 1, 1, 1), want: CodeInvalidArgument},
-		{name: "unknown tenant", by: opP, payload: putKey("x", "nosuch", 1, 1, 1), want: CodeNotFound},
+		{name: "bad tenant", by: opP, payload: putKey("A B/x", "A B", 1, 1, 1), want: CodeInvalidArgument},
+		{name: "unknown tenant", by: opP, payload: putKey("nosuch/x", "nosuch", 1, 1, 1), want: CodeNotFound},
 		{name: "tenant admin creates global", by: acmeAdmin, payload: putKey("x", "", 1, 1, 1), want: CodeForbidden},
-		{name: "fake tenant admin", by: acmeAdmin, payload: putKey("x", "acme", 1, 1, 1), want: CodeUnauthenticated},
-		{name: "other tenant's admin", by: adminOf("globex"), payload: putKey("x", "acme", 1, 1, 1), want: CodeNotFound},
-		{name: "dev principal outside its tenant", by: devP, payload: putKey("x", "acme", 1, 1, 1), want: CodeNotFound},
+		{name: "fake tenant admin", by: acmeAdmin, payload: putKey("acme/x", "acme", 1, 1, 1), want: CodeUnauthenticated},
+		{name: "other tenant's admin", by: adminOf("globex"), payload: putKey("acme/x", "acme", 1, 1, 1), want: CodeNotFound},
+		{name: "dev principal outside its tenant", by: devP, payload: putKey("acme/x", "acme", 1, 1, 1), want: CodeNotFound},
 	}
 	cases[CmdGrantKMSKey] = []step{
 		{name: "missing key", by: opP, payload: &GrantKMSKeyCmd{Name: "pii", Tenant: "acme"}, want: CodeNotFound,
@@ -128,17 +134,24 @@ func TestKMSKeyGrantsAndOwnership(t *testing.T) {
 	gina := h.realUser("globex", "gina", auth.RoleAdmin)
 
 	h.ok(CmdPutKMSKey, opP, putKey("shared", "", 1, 1, 1))
-	h.ok(CmdPutKMSKey, ann, putKey("acme-pii", "acme", 1, 1, 1))
+	h.ok(CmdPutKMSKey, ann, putKey("acme/pii", "acme", 1, 1, 1))
 	if e := lastAudit(t, h.f, "acme"); e.Action != ActionKMSKeyCreated || e.Actor.ID != ann.ID {
 		t.Fatalf("acme audit = %+v, want kms_key_created by ann", e)
 	}
-	h.fails(CmdPutKMSKey, dev, putKey("dev-key", "acme", 1, 1, 1), CodeForbidden)
+	h.fails(CmdPutKMSKey, dev, putKey("acme/dev-key", "acme", 1, 1, 1), CodeForbidden)
 	// Another tenant's admin: not found, for updates and creations on acme's behalf alike.
-	h.fails(CmdPutKMSKey, gina, putKey("acme-pii", "acme", 2, 2, 1), CodeNotFound)
-	h.fails(CmdPutKMSKey, gina, putKey("acme-pii", "globex", 2, 2, 1), CodeNotFound)
-	h.fails(CmdPutKMSKey, gina, putKey("acme-pii", "globex", 1, 1, 1), CodeConflict)
+	h.fails(CmdPutKMSKey, gina, putKey("acme/pii", "acme", 2, 2, 1), CodeNotFound)
+	h.fails(CmdPutKMSKey, gina, putKey("acme/pii", "globex", 2, 2, 1), CodeNotFound)
+	h.fails(CmdPutKMSKey, gina, putKey("acme/new", "acme", 1, 1, 1), CodeNotFound)
+	// A record named in another tenant's name space is refused before any
+	// key is looked at: no oracle of acme's keys for globex.
+	h.fails(CmdPutKMSKey, gina, putKey("acme/pii", "globex", 1, 1, 1), CodeInvalidArgument)
+	h.fails(CmdPutKMSKey, gina, putKey("acme/nokey", "globex", 1, 1, 1), CodeInvalidArgument)
+	// globex's own "pii" does not collide with acme's.
+	h.ok(CmdPutKMSKey, gina, putKey("globex/pii", "globex", 1, 1, 1))
+	h.fails(CmdPutKMSKey, gina, putKey("globex/pii", "globex", 1, 1, 1), CodeConflict)
 	h.fails(CmdPutKMSKey, ann, putKey("shared", "acme", 2, 2, 1), CodeNotFound)
-	h.ok(CmdPutKMSKey, ann, putKey("acme-pii", "acme", 2, 2, 1))
+	h.ok(CmdPutKMSKey, ann, putKey("acme/pii", "acme", 2, 2, 1))
 
 	k := h.ok(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "shared", Tenant: "globex"}).(*KMSKey)
 	if !k.UsableBy("globex") || k.UsableBy("acme") || k.UsableBy("") == false {
@@ -152,10 +165,17 @@ func TestKMSKeyGrantsAndOwnership(t *testing.T) {
 	if e := lastAudit(t, h.f, "globex"); e.Action != ActionKMSKeyGranted || e.Metadata["grantee"] != "globex" {
 		t.Fatalf("globex audit = %+v, want kms_key_granted", e)
 	}
-	h.fails(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "acme-pii", Tenant: "acme"}, CodeInvalidArgument)
+	// A tenant never has an own key and a granted global key of one short
+	// name: acme may not create "shared" now, and a global "pii" cannot be
+	// granted to acme, which owns acme/pii.
+	h.fails(CmdPutKMSKey, ann, putKey("acme/shared", "acme", 1, 1, 1), CodeConflict)
+	h.ok(CmdPutKMSKey, opP, putKey("pii", "", 1, 1, 1))
+	h.fails(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "pii", Tenant: "acme"}, CodeConflict)
+	// Only global keys are granted.
+	h.fails(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "acme/pii", Tenant: "acme"}, CodeInvalidArgument)
+	h.fails(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "acme/pii", Tenant: "globex"}, CodeInvalidArgument)
 	h.fails(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "shared", Tenant: "nosuch"}, CodeNotFound)
-	h.fails(CmdGrantKMSKey, ann, &GrantKMSKeyCmd{Name: "acme-pii", Tenant: "globex"}, CodeForbidden)
-	h.ok(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "acme-pii", Tenant: "globex"})
+	h.fails(CmdGrantKMSKey, ann, &GrantKMSKeyCmd{Name: "shared", Tenant: "globex"}, CodeForbidden)
 	h.ok(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "shared", Tenant: "globex", Revoke: true})
 	if e := lastAudit(t, h.f, ""); e.Action != ActionKMSKeyGrantRevoked {
 		t.Fatalf("cluster audit = %+v, want kms_key_grant_revoked", e)
@@ -167,10 +187,13 @@ func TestKMSKeyGrantsAndOwnership(t *testing.T) {
 	// Deleting acme: its key passes to the operator, its grants end, and a new
 	// tenant under the same id inherits nothing.
 	h.ok(CmdDeleteTenant, opP, &DeleteTenantCmd{ID: "acme"})
-	k = kmsKeyOf(t, h.f, "acme-pii")
-	if k.Tenant != "" || k.FormerTenant != "acme" || k.UsableBy("acme") || !k.UsableBy("globex") {
-		t.Fatalf("acme's key after deletion = %+v, want global, former tenant acme, still granted to globex", k)
+	k = kmsKeyOf(t, h.f, "acme/pii")
+	if k.Tenant != "" || k.FormerTenant != "acme" || k.UsableBy("acme") || k.UsableBy("globex") {
+		t.Fatalf("acme's key after deletion = %+v, want the operator's, former tenant acme", k)
 	}
+	// The operator still rotates it under its stored name; nobody grants it.
+	h.ok(CmdPutKMSKey, opP, putKey("acme/pii", "", 3, 3, 1))
+	h.fails(CmdGrantKMSKey, opP, &GrantKMSKeyCmd{Name: "acme/pii", Tenant: "globex"}, CodeInvalidArgument)
 	if k := kmsKeyOf(t, h.f, "shared"); len(k.Grants) != 0 {
 		t.Fatalf("grants to a deleted tenant remain: %v", k.Grants)
 	}

@@ -13,8 +13,10 @@ import (
 //	0          1     magic 0xA5
 //	1          1     format version 0x01
 //	2          1     kind: 0x01 field ciphertext (envelope), 0x02 wrapped secret
-//	3          1     n = length of the key name, 1..64
-//	4          n     key name, [A-Za-z0-9_-]
+//	3          1     n = length of the key name, 1..129
+//	4          n     key name: a global key's [A-Za-z0-9_-]{1,64}, or a tenant
+//	                 key's "<tenant>/<name>", tenant [a-z0-9_-]{1,64} (see
+//	                 ValidateKeyName)
 //	4+n        4     key version, uint32, 1..2^31-1
 //	8+n        2     w = length of the wrapped key, uint16, >= 1
 //	10+n       w     wrapped key: the backend's ciphertext of the 32-byte data
@@ -96,8 +98,8 @@ func ParseCiphertext(in []byte) (*Ciphertext, error) {
 		return nil, malformed("unknown kind %d", kind)
 	}
 	n := int(b[3])
-	if n < 1 || n > MaxKeyNameLen {
-		return nil, malformed("key name length %d outside 1..%d", n, MaxKeyNameLen)
+	if n < 1 || n > MaxStoredKeyNameLen {
+		return nil, malformed("key name length %d outside 1..%d", n, MaxStoredKeyNameLen)
 	}
 	off := 4
 	if len(b) < off+n+4 {
@@ -105,7 +107,7 @@ func ParseCiphertext(in []byte) (*Ciphertext, error) {
 	}
 	name := string(b[off : off+n])
 	if ValidateKeyName(name) != nil {
-		return nil, malformed("key name has characters outside [A-Za-z0-9_-]")
+		return nil, malformed("key name is neither <name> nor <tenant>/<name> of the allowed characters")
 	}
 	off += n
 	ver := binary.BigEndian.Uint32(b[off:])

@@ -80,8 +80,13 @@ func TestParseCiphertextRejects(t *testing.T) {
 		"future version":     {mod(func(b []byte) []byte { b[1] = 2; return b }), "format version 2"},
 		"unknown kind":       {mod(func(b []byte) []byte { b[2] = 9; return b }), "unknown kind"},
 		"zero name length":   {mod(func(b []byte) []byte { b[3] = 0; return b }), "key name length 0"},
-		"long name length":   {mod(func(b []byte) []byte { b[3] = 65; return b }), "key name length 65"},
-		"bad name character": {mod(func(b []byte) []byte { b[5] = '/'; return b }), "characters outside"},
+		"long name length":   {mod(func(b []byte) []byte { b[3] = 130; return b }), "key name length 130"},
+		"bad name character": {mod(func(b []byte) []byte { b[5] = '.'; return b }), "neither <name> nor"},
+		"empty tenant":       {handField("/pii", 1, []byte("w"), make([]byte, 12), make([]byte, 16)), "neither <name> nor"},
+		"empty short name":   {handField("acme/", 1, []byte("w"), make([]byte, 12), make([]byte, 16)), "neither <name> nor"},
+		"upper-case tenant":  {handField("Acme/pii", 1, []byte("w"), make([]byte, 12), make([]byte, 16)), "neither <name> nor"},
+		"two slashes":        {handField("acme/x/pii", 1, []byte("w"), make([]byte, 12), make([]byte, 16)), "neither <name> nor"},
+		"long short name":    {handField("acme/"+strings.Repeat("k", 65), 1, []byte("w"), make([]byte, 12), make([]byte, 16)), "neither <name> nor"},
 		"version zero":       {mod(func(b []byte) []byte { copy(b[7:], []byte{0, 0, 0, 0}); return b }), "key version 0"},
 		"version too big":    {mod(func(b []byte) []byte { copy(b[7:], []byte{0x80, 0, 0, 0}); return b }), "out of range"},
 		"empty wrapped":      {handField("pii", 1, nil, make([]byte, 12), make([]byte, 16)), "empty wrapped key"},
@@ -110,7 +115,8 @@ func TestParseCiphertextRejects(t *testing.T) {
 func FuzzParseCiphertext(f *testing.F) {
 	field := handField("pii", 2, []byte("vault:v2:abc="), bytes.Repeat([]byte{1}, 12), bytes.Repeat([]byte{2}, 40))
 	secret, _ := secretCiphertext("signing-keys", 7, bytes.Repeat([]byte{3}, 60))
-	for _, seed := range [][]byte{field, secret, []byte(EncodeText(field)), []byte(EncodeText(secret)), nil, {0xA5}, []byte("asg:v1:"), field[:20]} {
+	tenantField := handField(strings.Repeat("t", 64)+"/"+strings.Repeat("k", 64), 1, []byte("w"), bytes.Repeat([]byte{1}, 12), bytes.Repeat([]byte{2}, 16))
+	for _, seed := range [][]byte{field, secret, tenantField, []byte(EncodeText(field)), []byte(EncodeText(secret)), nil, {0xA5}, []byte("asg:v1:"), field[:20]} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -121,7 +127,9 @@ func FuzzParseCiphertext(f *testing.F) {
 			}
 			return
 		}
-		if ValidateKeyName(ct.KeyName) != nil || ct.KeyVersion < 1 || len(ct.WrappedKey) == 0 || len(ct.WrappedKey) > maxWrapped {
+		if tenant, short := SplitKeyName(ct.KeyName); ValidateKeyName(ct.KeyName) != nil || len(ct.KeyName) > MaxStoredKeyNameLen ||
+			ValidateShortKeyName(short) != nil || tenant != "" && validateTenant(tenant) != nil || strings.Count(ct.KeyName, "/") > 1 ||
+			ct.KeyVersion < 1 || len(ct.WrappedKey) == 0 || len(ct.WrappedKey) > maxWrapped {
 			t.Fatalf("accepted out-of-spec ciphertext %+v", ct)
 		}
 		switch ct.Kind {

@@ -53,7 +53,9 @@ func TestKeyRecordMarshalAndValidate(t *testing.T) {
 		t.Fatalf("round trip changed the record:\n%s\n%s", b1, b3)
 	}
 	bad := []func(r *KeyRecord){
-		func(r *KeyRecord) { r.Name = "no/slash" },
+		func(r *KeyRecord) { r.Name = "no.dot" },
+		func(r *KeyRecord) { r.Name = "No/slash" },
+		func(r *KeyRecord) { r.Name = "a/b/c" },
 		func(r *KeyRecord) { r.Backend = "" },
 		func(r *KeyRecord) { r.Versions = nil },
 		func(r *KeyRecord) { r.Versions[1].Version = 3 },
@@ -81,15 +83,31 @@ func TestKeyRecordMarshalAndValidate(t *testing.T) {
 }
 
 func TestValidateKeyName(t *testing.T) {
-	for _, ok := range []string{"a", "pii", "PII_v2", "signing-keys", strings.Repeat("k", 64)} {
+	for _, ok := range []string{"a", "pii", "PII_v2", "signing-keys", strings.Repeat("k", 64), "acme/pii", "a_b-1/PII_v2",
+		strings.Repeat("t", 64) + "/" + strings.Repeat("k", 64)} {
 		if err := ValidateKeyName(ok); err != nil {
 			t.Errorf("%q refused: %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", strings.Repeat("k", 65), "a b", "a/b", "a.b", "ключ", "a\x00"} {
+	for _, bad := range []string{"", strings.Repeat("k", 65), "a b", "a.b", "ключ", "a\x00", "/pii", "acme/", "Acme/pii", "a/b/c",
+		"../acme/pii", "acme//pii", strings.Repeat("t", 65) + "/pii", "acme/" + strings.Repeat("k", 65), "acme/p.ii"} {
 		if err := ValidateKeyName(bad); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+	for _, bad := range []string{"acme/pii", "a/b", ""} {
+		if err := ValidateShortKeyName(bad); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("short name %q accepted", bad)
+		}
+	}
+	if QualifyKeyName("", "pii") != "pii" || QualifyKeyName("acme", "pii") != "acme/pii" {
+		t.Error("QualifyKeyName")
+	}
+	if ten, n := SplitKeyName("acme/pii"); ten != "acme" || n != "pii" {
+		t.Error("SplitKeyName of a tenant key")
+	}
+	if ten, n := SplitKeyName("pii"); ten != "" || n != "pii" {
+		t.Error("SplitKeyName of a global key")
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -71,14 +72,22 @@ type KeyOptions struct {
 // MinRotationPeriod is the smallest RotationPeriod accepted.
 const MinRotationPeriod = time.Hour
 
-// MaxKeyNameLen is the longest key name.
+// MaxKeyNameLen is the longest key name as a key's owner chooses it (the
+// short name).
 const MaxKeyNameLen = 64
 
-// ValidateKeyName checks a key name: 1–64 characters of [A-Za-z0-9_-]. The
-// alphabet is the intersection of what every backend accepts in its own
-// names (Vault key names, AWS aliases, PKCS#11 labels), and a name is
-// written into every ciphertext.
-func ValidateKeyName(name string) error {
+// MaxTenantLen is the longest tenant id (the prefix of a tenant-owned key's
+// stored name).
+const MaxTenantLen = 64
+
+// MaxStoredKeyNameLen is the longest stored key name: "<tenant>/<name>".
+const MaxStoredKeyNameLen = MaxTenantLen + 1 + MaxKeyNameLen
+
+// ValidateShortKeyName checks a key name as its owner chooses it: 1–64
+// characters of [A-Za-z0-9_-]. The alphabet is the intersection of what every
+// backend accepts in its own names (Vault key names, AWS aliases, PKCS#11
+// labels).
+func ValidateShortKeyName(name string) error {
 	if len(name) == 0 || len(name) > MaxKeyNameLen {
 		return fmt.Errorf("%w: key name must be 1-%d characters", ErrInvalidArgument, MaxKeyNameLen)
 	}
@@ -89,6 +98,53 @@ func ValidateKeyName(name string) error {
 		}
 	}
 	return nil
+}
+
+// ValidateKeyName checks a stored key name, the one records, ciphertexts and
+// the keyring use: a global key's short name (ValidateShortKeyName), or a
+// tenant-owned key's "<tenant>/<name>" with a tenant id of 1–64 characters of
+// [a-z0-9_-]. Tenant keys are namespaced so that two tenants may each have a
+// key "payments" and neither learns of the other's.
+func ValidateKeyName(name string) error {
+	tenant, short, qualified := strings.Cut(name, "/")
+	if !qualified {
+		return ValidateShortKeyName(name)
+	}
+	if err := validateTenant(tenant); err != nil {
+		return err
+	}
+	return ValidateShortKeyName(short)
+}
+
+func validateTenant(t string) error {
+	if len(t) == 0 || len(t) > MaxTenantLen {
+		return fmt.Errorf("%w: a key name's tenant must be 1-%d characters", ErrInvalidArgument, MaxTenantLen)
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: a key name's tenant may contain only a-z, 0-9, '_' and '-'", ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// QualifyKeyName is the stored name of key name owned by tenant: name itself
+// for a global key (tenant ""), else "<tenant>/<name>". It does not validate.
+func QualifyKeyName(tenant, name string) string {
+	if tenant == "" {
+		return name
+	}
+	return tenant + "/" + name
+}
+
+// SplitKeyName splits a stored name into its tenant ("" for a global key) and
+// short name.
+func SplitKeyName(stored string) (tenant, name string) {
+	if t, n, ok := strings.Cut(stored, "/"); ok {
+		return t, n
+	}
+	return "", stored
 }
 
 // Latest is the newest version (the one new encryptions use).

@@ -117,16 +117,16 @@ func TestVaultBackendThroughServer(t *testing.T) {
 	d := startDevServer(t, server.KMSSettings{Backend: "vault", VaultAddress: v.URL, VaultTokenFile: tokenFile, CheckEvery: 100 * time.Millisecond})
 	var k keyOut
 	d.must(201, "POST", "/v1/kms/keys", map[string]any{"name": "pii"}, &k)
-	if k.Backend != "vault" || v.Latest("pii") != 1 {
-		t.Fatalf("key %+v, transit versions %d", k, v.Latest("pii"))
+	if k.Backend != "vault" || v.Latest("dev-tenant.pii") != 1 {
+		t.Fatalf("key %+v, transit versions %d", k, v.Latest("dev-tenant.pii"))
 	}
 	ctx := map[string]string{"field": "email"}
 	pt := base64.StdEncoding.EncodeToString([]byte("ann@acme.test"))
 	var c1, c2, rw, dec fieldOut
 	d.must(200, "POST", "/v1/kms/encrypt", map[string]any{"key": "pii", "plaintext": pt, "context": ctx}, &c1)
 	d.must(200, "POST", "/v1/kms/keys/pii/rotate", nil, &k)
-	if k.LatestVersion != 2 || v.Latest("pii") != 2 {
-		t.Fatalf("after rotate: %+v, transit versions %d", k, v.Latest("pii"))
+	if k.LatestVersion != 2 || v.Latest("dev-tenant.pii") != 2 {
+		t.Fatalf("after rotate: %+v, transit versions %d", k, v.Latest("dev-tenant.pii"))
 	}
 	d.must(200, "POST", "/v1/kms/encrypt", map[string]any{"key": "pii", "plaintext": pt, "context": ctx}, &c2)
 	d.must(200, "POST", "/v1/kms/decrypt", map[string]any{"ciphertext": c1.Ciphertext, "context": ctx}, &dec)
@@ -138,8 +138,8 @@ func TestVaultBackendThroughServer(t *testing.T) {
 		t.Fatalf("rewrap = %+v", rw)
 	}
 	d.must(200, "PATCH", "/v1/kms/keys/pii", map[string]any{"min_decryption_version": 2}, &k)
-	if v.MinDecryption("pii") != 2 {
-		t.Fatalf("min_decryption_version did not reach Vault: %d", v.MinDecryption("pii"))
+	if v.MinDecryption("dev-tenant.pii") != 2 {
+		t.Fatalf("min_decryption_version did not reach Vault: %d", v.MinDecryption("dev-tenant.pii"))
 	}
 	if got := d.call("POST", "/v1/kms/decrypt", map[string]any{"ciphertext": c1.Ciphertext, "context": ctx}, nil); got != 400 {
 		t.Fatalf("retired version: %d, want 400", got)

@@ -184,7 +184,10 @@ func (p *VaultProvider) readKey(ctx context.Context, name string) (*vaultKey, er
 // CreateVersion implements Provider: version 1 creates (or with BackendRef
 // adopts) the transit key, later versions rotate it.
 func (p *VaultProvider) CreateVersion(ctx context.Context, rec *KeyRecord, version int, opts KeyOptions) (KeyVersion, error) {
-	name := p.prefix + rec.Name
+	// A tenant key's "<tenant>/<name>" becomes "<tenant>.<name>": transit
+	// key names are one path segment ([\w.-]), and '.' is in neither a
+	// tenant id nor a key name, so the mapping is one to one.
+	name := p.prefix + strings.ReplaceAll(rec.Name, "/", ".")
 	prev := 0
 	if version == 1 {
 		if opts.BackendRef != "" {

@@ -118,24 +118,24 @@ func TestKMSAWSBackendThroughServers(t *testing.T) {
 	if kv.Backend != "aws" || kv.Versions[0].Ref != "" {
 		t.Fatalf("tenant view of the aws key = %+v (the ARN is for the operator only)", kv)
 	}
-	e.must(200, 1, "GET", "/v1/kms/keys/cards", op, nil, &kv)
+	e.must(200, 1, "GET", "/v1/kms/keys/cards?tenant=acme", op, nil, &kv)
 	if !strings.HasPrefix(kv.Versions[0].Ref, "arn:aws:kms:eu-west-2:111122223333:key/") {
 		t.Fatalf("operator view of the aws key = %+v", kv)
 	}
-	e.waitKMSKey("cards", 1)
+	e.waitKMSKey("acme/cards", 1)
 	c1 := e.kmsEncrypt(1, dev, "cards", "4111 1111 1111 1111", kmsCtx{Field: "pan"})
 	if got := e.kmsDecrypt(2, dev, c1.Ciphertext, kmsCtx{Field: "pan"}); got != "4111 1111 1111 1111" {
 		t.Fatalf("decrypt on another server = %q", got)
 	}
 	e.must(200, 0, "POST", "/v1/kms/keys/cards/rotate", admin, nil, &kv)
-	e.waitKMSKey("cards", 2)
+	e.waitKMSKey("acme/cards", 2)
 	var rw kmsItem
 	e.must(200, 2, "POST", "/v1/kms/rewrap", dev, map[string]any{"ciphertext": c1.Ciphertext, "context": kmsCtx{Field: "pan"}}, &rw)
 	if rw.KeyVersion != 2 {
 		t.Fatalf("rewrap = %+v", rw)
 	}
 	e.must(200, 0, "PATCH", "/v1/kms/keys/cards", admin, map[string]any{"min_decryption_version": 2}, &kv)
-	e.waitKMSKey("cards", 3)
+	e.waitKMSKey("acme/cards", 3)
 	if r := e.call(1, "POST", "/v1/kms/decrypt", dev, map[string]any{"ciphertext": c1.Ciphertext, "context": kmsCtx{Field: "pan"}}); r.status != 400 {
 		t.Fatalf("retired version: %s, want 400", r)
 	}

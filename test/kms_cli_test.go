@@ -108,7 +108,7 @@ func TestKMSCLI(t *testing.T) {
 		LatestVersion         int `json:"latest_version"`
 	}
 	if err := json.Unmarshal([]byte(cli("", "kms", "key", "create", "pii", "-tenant", "acme", "-rotation-period", "720h")), &k); err != nil ||
-		k.Name != "pii" || k.Tenant != "acme" || k.Backend != "local" || k.LatestVersion != 1 {
+		k.Name != "acme/pii" || k.Tenant != "acme" || k.Backend != "local" || k.LatestVersion != 1 {
 		t.Fatalf("key create: %+v %v", k, err)
 	}
 	if out := cli("", "kms", "key", "list"); !strings.Contains(out, "pii") || !strings.Contains(out, "acme") || !strings.Contains(out, "720h") {
@@ -126,12 +126,20 @@ func TestKMSCLI(t *testing.T) {
 	if _, stderr, err := run("", env, "kms", "decrypt", "-tenant", "globex", "-field", "email", ct1); err == nil || !strings.Contains(stderr, "decryption failed") {
 		t.Fatalf("decrypt in globex's context (the ciphertext is bound to acme): err %v %q", err, stderr)
 	}
-	cli("", "kms", "key", "rotate", "pii")
+	// The operator names acme's key with -tenant (or as acme/pii); a bare
+	// "pii" would be a global key, and there is none.
+	if _, stderr, err := run("", env, "kms", "key", "rotate", "pii"); err == nil || !strings.Contains(stderr, "not found") {
+		t.Fatalf("rotating a global pii that does not exist: err %v %q", err, stderr)
+	}
+	cli("", "kms", "key", "rotate", "pii", "-tenant", "acme")
+	if out := cli("", "kms", "key", "get", "acme/pii"); !strings.Contains(out, `"latest_version": 2`) && !strings.Contains(out, `"latest_version":2`) {
+		t.Fatalf("key get acme/pii after rotate: %s", out)
+	}
 	ct2 := strings.TrimSpace(cli(ct1+"\n", "kms", "rewrap", "-tenant", "acme", "-field", "email", "-"))
 	if ct2 == ct1 || !strings.HasPrefix(ct2, "asg:v1:") {
 		t.Fatalf("rewrap printed %q", ct2)
 	}
-	cli("", "kms", "key", "set", "pii", "-min-decryption-version", "2")
+	cli("", "kms", "key", "set", "pii", "-tenant", "acme", "-min-decryption-version", "2")
 	if _, stderr, err := run("", env, "kms", "decrypt", "-tenant", "acme", "-field", "email", ct1); err == nil || !strings.Contains(stderr, "retired") {
 		t.Fatalf("decrypt of a retired version: err %v %q", err, stderr)
 	}

@@ -8,9 +8,11 @@ import (
 	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,7 +59,11 @@ func TestNoPlaintextAtRest(t *testing.T) {
 	var controls []string                    // stored in the clear: must be found
 
 	tenantName := "Plaintext Control Tenant " + tag
-	e.must(201, 0, "POST", "/v1/tenants", e.opCred(), map[string]string{"id": "acme", "name": tenantName}, nil)
+	e.mustCreate(0, "POST", "/v1/tenants", e.opCred(), map[string]string{"id": "acme", "name": tenantName}, "/v1/tenants/acme",
+		func(b []byte) bool {
+			var tv fsm.Tenant
+			return json.Unmarshal(b, &tv) == nil && tv.ID == "acme" && tv.Name == tenantName
+		})
 	controls = append(controls, tenantName)
 
 	type user struct{ id, name, pw, email string }
@@ -424,5 +430,35 @@ func checkSearcher(t *testing.T) {
 	other[len(other)/2] ^= 1
 	if n.foundIn(other) || n.foundIn([]byte(base64.StdEncoding.EncodeToString(other))) {
 		t.Fatal("searcher finds a secret that is not there")
+	}
+}
+
+// mustCreate sends a request that creates a resource and must answer 201.
+// Like call, it asks again after a 503 not_leader; but an attempt answered
+// not_leader may still have been committed (the leader lost its leadership
+// after replicating the entry), so a 409 after such a retry means "already
+// created": the resource at getPath must then exist as the request made it
+// (matches). A 409 on the first attempt, or any other answer, fails.
+func (e *idEnv) mustCreate(node int, method, path string, c cred, body any, getPath string, matches func([]byte) bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(scaled(15 * time.Second))
+	retried := false
+	for {
+		r := e.callOnce(node, method, path, c, body)
+		switch {
+		case r.status == http.StatusCreated:
+			return
+		case r.status == http.StatusServiceUnavailable && bytes.Contains(r.body, []byte(`"not_leader"`)) && time.Now().Before(deadline):
+			retried = true
+			time.Sleep(50 * time.Millisecond) // client backoff before asking again
+			continue
+		case r.status == http.StatusConflict && retried:
+			g := e.call(node, "GET", getPath, c, nil)
+			if g.status != http.StatusOK || !matches(g.body) {
+				e.t.Fatalf("%s %s: 409 after a retried attempt, and %s answers %s", method, path, getPath, g)
+			}
+			return
+		}
+		e.t.Fatalf("%s %s as %s: got %s, want 201", method, path, c.name, r)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/allsource/guard/api"
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/kms"
 )
 
 // The KMS service end to end (DESIGN.md §6, §10): keys created through the
@@ -125,7 +126,7 @@ func TestKMSEndToEnd(t *testing.T) {
 
 	// Encrypt on one server, decrypt on each of the others (they read the
 	// replicated record; wait until each has applied it).
-	e.waitKMSKey("acme-pii", 1)
+	e.waitKMSKey("acme/acme-pii", 1)
 	email := "ann@acme.test"
 	c1 := e.kmsEncrypt(1, acmeDev, "acme-pii", email, kmsCtx{Field: "email"})
 	if c1.KeyVersion != 1 || c1.Key != "acme-pii" || strings.Contains(c1.Ciphertext, email) {
@@ -301,7 +302,7 @@ func TestKMSEndToEnd(t *testing.T) {
 			t.Fatalf("bad encrypt input: %s, want %d", r, bad.want)
 		}
 	}
-	if r := e.call(1, "POST", "/v1/kms/decrypt", acmeDev, map[string]any{"ciphertext": c2.Ciphertext[:len(c2.Ciphertext)-8]}); r.status != 400 || !strings.Contains(string(r.body), "truncated") {
+	if r := e.call(1, "POST", "/v1/kms/decrypt", acmeDev, map[string]any{"ciphertext": truncateCiphertext(t, c2.Ciphertext, 6)}); r.status != 400 || !strings.Contains(string(r.body), "truncated") {
 		t.Fatalf("truncated ciphertext: %s, want 400 truncated", r)
 	}
 
@@ -321,7 +322,7 @@ func TestKMSEndToEnd(t *testing.T) {
 		es := auditOf(e.leader(), "acme", batchRid)
 		return len(es) == 1 && es[0].Action == fsm.ActionKMSDecrypt && es[0].Outcome == fsm.OutcomePartial &&
 			es[0].Metadata["count"] == "4" && es[0].Metadata["failed"] == "1" && es[0].Metadata["operation"] == "decrypt" &&
-			es[0].Metadata["key"] == "acme-pii" && es[0].Resource == "kms-key/acme-pii" && es[0].Error == "invalid_argument"
+			es[0].Metadata["key"] == "acme/acme-pii" && es[0].Resource == "kms-key/acme/acme-pii" && es[0].Error == "invalid_argument"
 	})
 	seen := map[fsm.Action]bool{}
 	_ = e.leader().srv.FSM().View(func(r *fsm.Reader) error {
@@ -428,4 +429,187 @@ func TestKMSScheduledRotation(t *testing.T) {
 	if len(rotated) != 1 || rotated[0].Actor.Kind != fsm.PrincipalSystem || rotated[0].Actor.Name != "kms-rotation" || rotated[0].Resource != "kms-key/rotating" {
 		t.Fatalf("rotation audit = %s", fmt.Sprint(rotated))
 	}
+}
+
+// TestKMSTenantKeyNamespaces: key names are per tenant. Two tenants each
+// create "payments" (no "name taken" oracle across tenants), each uses its
+// own, neither reaches the other's by any spelling, and every refusal is the
+// answer for a key that does not exist. The operator sees both under their
+// stored names "<tenant>/payments" and addresses them with ?tenant= or an
+// escaped slash.
+func TestKMSTenantKeyNamespaces(t *testing.T) {
+	e := idCluster(t, 3, nil)
+	op := e.opCred()
+	for _, ten := range []string{"acme", "globex"} {
+		e.must(201, 0, "POST", "/v1/tenants", op, map[string]string{"id": ten, "name": ten, "tier": "professional"}, nil)
+	}
+	admin := func(tenant string) cred {
+		k := e.createKey(tenant, op, tenant+"-admin", "admin", "")
+		return cred{name: tenant + "/admin", apiKey: k.Key}
+	}
+	acme, globex := admin("acme"), admin("globex")
+
+	var ka, kg api.KMSKeyView
+	e.must(201, 1, "POST", "/v1/kms/keys", acme, map[string]any{"name": "payments"}, &ka)
+	e.must(201, 2, "POST", "/v1/kms/keys", globex, map[string]any{"name": "payments"}, &kg)
+	if ka.Name != "payments" || ka.Tenant != "acme" || kg.Name != "payments" || kg.Tenant != "globex" {
+		t.Fatalf("created keys = %+v and %+v, want each tenant's own payments by its short name", ka, kg)
+	}
+	// A duplicate in the tenant's own name space is still a conflict.
+	if r := e.call(0, "POST", "/v1/kms/keys", acme, map[string]any{"name": "payments"}); r.status != 409 {
+		t.Fatalf("acme creating payments twice: %s, want 409", r)
+	}
+	// A name with a tenant prefix is not a short name.
+	if r := e.call(0, "POST", "/v1/kms/keys", acme, map[string]any{"name": "acme/x"}); r.status != 400 {
+		t.Fatalf("acme creating acme/x: %s, want 400", r)
+	}
+	e.waitKMSKey("acme/payments", 1)
+	e.waitKMSKey("globex/payments", 1)
+
+	// Each encrypts and decrypts with its own key, on any server.
+	ca := e.kmsEncrypt(0, acme, "payments", "acme-card", kmsCtx{Field: "card"})
+	cg := e.kmsEncrypt(1, globex, "payments", "globex-card", kmsCtx{Field: "card"})
+	if ca.Key != "payments" || cg.Key != "payments" {
+		t.Fatalf("encrypt answered keys %q and %q, want the short name", ca.Key, cg.Key)
+	}
+	if got := e.kmsDecrypt(2, acme, ca.Ciphertext, kmsCtx{Field: "card"}); got != "acme-card" {
+		t.Fatalf("acme decrypts %q", got)
+	}
+	if got := e.kmsDecrypt(0, globex, cg.Ciphertext, kmsCtx{Field: "card"}); got != "globex-card" {
+		t.Fatalf("globex decrypts %q", got)
+	}
+	var dec kmsItem
+	e.must(200, 1, "POST", "/v1/kms/decrypt", acme, map[string]any{"key": "payments", "ciphertext": ca.Ciphertext, "context": kmsCtx{Field: "card"}}, &dec)
+	if dec.Key != "payments" {
+		t.Fatalf("decrypt with the key named answered %+v", dec)
+	}
+
+	// The answer for a key that does not exist, to compare with.
+	type errBody struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	body := func(r reply) errBody {
+		t.Helper()
+		var b errBody
+		if err := json.Unmarshal(r.body, &b); err != nil {
+			t.Fatalf("not a JSON error: %s", r)
+		}
+		return b
+	}
+	asMissing := func(r reply, spelled, what string) {
+		t.Helper()
+		want := errBody{}
+		want.Error.Code, want.Error.Message = "not_found", fmt.Sprintf("key %q not found", spelled)
+		if r.status != 404 || body(r) != want {
+			t.Fatalf("%s: %s, want 404 %+v (a key that does not exist)", what, r, want)
+		}
+	}
+	// globex reaches acme's key by no spelling.
+	for _, spelled := range []string{"acme/payments", "../acme/payments", "acme%2Fpayments", "/acme/payments", "acme//payments", "./payments/../acme/payments"} {
+		r := e.call(1, "POST", "/v1/kms/encrypt", globex, map[string]any{"key": spelled, "plaintext": b64std("x"), "context": kmsCtx{Field: "card"}})
+		asMissing(r, spelled, "globex encrypting with "+spelled)
+		r = e.call(1, "POST", "/v1/kms/decrypt", globex, map[string]any{"key": spelled, "ciphertext": ca.Ciphertext, "context": kmsCtx{Field: "card"}})
+		asMissing(r, spelled, "globex decrypting with "+spelled)
+	}
+	for _, path := range [][2]string{{"acme%2Fpayments", ""}, {"..%2Facme%2Fpayments", ""}, {"payments", "?tenant=acme"}, {"acme%2Fpayments", "?tenant=globex"}} {
+		spelled := strings.ReplaceAll(path[0], "%2F", "/")
+		asMissing(e.call(1, "GET", "/v1/kms/keys/"+path[0]+path[1], globex, nil), spelled, "globex reading "+path[0]+path[1])
+		asMissing(e.call(1, "POST", "/v1/kms/keys/"+path[0]+"/rotate"+path[1], globex, nil), spelled, "globex rotating "+path[0]+path[1])
+		asMissing(e.call(1, "PATCH", "/v1/kms/keys/"+path[0]+path[1], globex, map[string]any{"min_decryption_version": 1}), spelled, "globex changing "+path[0]+path[1])
+	}
+	// A raw "../" path is refused before any key is looked at: the same
+	// answer whether the key exists or not.
+	r1, r2 := e.call(1, "GET", "/v1/kms/keys/../acme/payments", globex, nil), e.call(1, "GET", "/v1/kms/keys/../zzzz/payments", globex, nil)
+	if r1.status/100 == 2 || r1.status != r2.status || body(r1) != body(r2) {
+		t.Fatalf("globex reading ../acme/payments: %s; ../zzzz/payments: %s", r1, r2)
+	}
+	// acme's ciphertext under globex: refused as for a key that does not
+	// exist, word for word like a ciphertext naming a tenant that has none.
+	asMissing(e.call(2, "POST", "/v1/kms/decrypt", globex, map[string]any{"ciphertext": ca.Ciphertext, "context": kmsCtx{Tenant: "globex", Field: "card"}}),
+		"acme/payments", "globex decrypting acme's ciphertext")
+	asMissing(e.call(2, "POST", "/v1/kms/rewrap", globex, map[string]any{"ciphertext": ca.Ciphertext, "context": kmsCtx{Field: "card"}}),
+		"acme/payments", "globex rewrapping acme's ciphertext")
+	parsed, err := kms.ParseCiphertext([]byte(ca.Ciphertext))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed.KeyName = "acmf/payments"
+	asMissing(e.call(2, "POST", "/v1/kms/decrypt", globex, map[string]any{"ciphertext": kms.EncodeText(parsed.Marshal()), "context": kmsCtx{Field: "card"}}),
+		"acmf/payments", "a ciphertext naming a tenant without keys")
+	// Naming its own key with acme's ciphertext: another key.
+	if r := e.call(2, "POST", "/v1/kms/decrypt", globex, map[string]any{"key": "payments", "ciphertext": ca.Ciphertext, "context": kmsCtx{Field: "card"}}); r.status != 400 || bytes.Contains(r.body, []byte("acme-card")) {
+		t.Fatalf("globex decrypting acme's ciphertext with its own payments: %s, want 400", r)
+	}
+	// globex's list shows its own key only, by short name.
+	var list struct {
+		Keys []api.KMSKeyView `json:"keys"`
+	}
+	e.must(200, 0, "GET", "/v1/kms/keys", globex, nil, &list)
+	if len(list.Keys) != 1 || list.Keys[0].Name != "payments" || list.Keys[0].Tenant != "globex" {
+		t.Fatalf("globex's keys = %+v", list.Keys)
+	}
+
+	// The operator sees both under their stored names and addresses them.
+	e.must(200, 0, "GET", "/v1/kms/keys", op, nil, &list)
+	var names []string
+	for _, k := range list.Keys {
+		names = append(names, k.Name+"@"+k.Tenant)
+	}
+	if strings.Join(names, ",") != "acme/payments@acme,globex/payments@globex" {
+		t.Fatalf("operator's keys = %v", names)
+	}
+	var kv api.KMSKeyView
+	e.must(200, 0, "GET", "/v1/kms/keys/payments?tenant=acme", op, nil, &kv)
+	if kv.Name != "acme/payments" || kv.Tenant != "acme" {
+		t.Fatalf("operator reading payments?tenant=acme = %+v", kv)
+	}
+	e.must(200, 0, "POST", "/v1/kms/keys/globex%2Fpayments/rotate", op, nil, &kv)
+	if kv.Name != "globex/payments" || kv.LatestVersion != 2 {
+		t.Fatalf("operator rotating globex%%2Fpayments = %+v", kv)
+	}
+	if r := e.call(0, "GET", "/v1/kms/keys/payments", op, nil); r.status != 404 {
+		t.Fatalf("operator reading a global payments that does not exist: %s, want 404", r)
+	}
+	if r := e.call(0, "GET", "/v1/kms/keys/payments?tenant=Not+A+Tenant", op, nil); r.status != 400 {
+		t.Fatalf("operator with a bad tenant parameter: %s, want 400", r)
+	}
+	if got := e.kmsDecrypt(0, op, ca.Ciphertext, kmsCtx{Tenant: "acme", Field: "card"}); got != "acme-card" {
+		t.Fatalf("operator decrypting acme's ciphertext = %q", got)
+	}
+	e.waitKMSKey("globex/payments", 2)
+	oc := e.kmsEncrypt(0, op, "globex/payments", "by-operator", kmsCtx{Tenant: "globex", Field: "card"})
+	if oc.Key != "globex/payments" || e.kmsDecrypt(1, globex, oc.Ciphertext, kmsCtx{Field: "card"}) != "by-operator" {
+		t.Fatalf("operator encrypting for globex = %+v", oc)
+	}
+
+	// Grants are of global keys only, and never shadow a tenant's own key.
+	e.must(201, 0, "POST", "/v1/kms/keys", op, map[string]any{"name": "payments"}, nil)
+	if r := e.call(0, "POST", "/v1/kms/keys/payments/grants", op, map[string]string{"tenant": "acme"}); r.status != 409 {
+		t.Fatalf("granting global payments to acme, which has its own: %s, want 409", r)
+	}
+	if r := e.call(0, "POST", "/v1/kms/keys/payments/grants?tenant=acme", op, map[string]string{"tenant": "globex"}); r.status != 400 {
+		t.Fatalf("granting acme's key: %s, want 400", r)
+	}
+	e.must(201, 0, "POST", "/v1/kms/keys", op, map[string]any{"name": "shared"}, nil)
+	e.must(200, 0, "POST", "/v1/kms/keys/shared/grants", op, map[string]string{"tenant": "acme"}, nil)
+	if r := e.call(0, "POST", "/v1/kms/keys", acme, map[string]any{"name": "shared"}); r.status != 409 {
+		t.Fatalf("acme creating shared while granted the global shared: %s, want 409", r)
+	}
+	e.must(201, 0, "POST", "/v1/kms/keys", globex, map[string]any{"name": "shared"}, nil)
+	waitFor(t, 10*time.Second, "the grant on node 1", func() bool {
+		var out kmsItem
+		r := e.call(1, "POST", "/v1/kms/encrypt", acme, map[string]any{"key": "shared", "plaintext": b64std("x"), "context": kmsCtx{Field: "f"}})
+		return r.status == 200 && json.Unmarshal(r.body, &out) == nil && out.Key == "shared"
+	})
+}
+
+// truncateCiphertext drops the last n bytes of a text-form ciphertext's
+// binary form (cutting the text itself may leave an invalid base64 length).
+func truncateCiphertext(t testing.TB, ct string, n int) string {
+	t.Helper()
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(ct, kms.TextPrefix))
+	if err != nil || len(raw) <= n {
+		t.Fatalf("not a text ciphertext: %q", ct)
+	}
+	return kms.TextPrefix + base64.RawURLEncoding.EncodeToString(raw[:len(raw)-n])
 }

@@ -59,7 +59,25 @@ func runKMSInitLocal(args []string) error {
 	return nil
 }
 
-func kmsKeyPath(name string) string { return "/v1/kms/keys/" + url.PathEscape(name) }
+// kmsKeyPath is a key's route. A tenant names its keys by their short name;
+// the operator names a tenant's key with the tenant ("pii" and -tenant acme,
+// sent as ?tenant=acme) or as "acme/pii" (sent escaped, acme%2Fpii).
+func kmsKeyPath(name, tenant string) string {
+	p := "/v1/kms/keys/" + url.PathEscape(name)
+	if tenant != "" {
+		return p + "?tenant=" + url.QueryEscape(tenant)
+	}
+	return p
+}
+
+// kmsKeySubPath is kmsKeyPath with a sub-resource (/rotate, /grants).
+func kmsKeySubPath(name, tenant, sub string) string {
+	p := "/v1/kms/keys/" + url.PathEscape(name) + sub
+	if tenant != "" {
+		return p + "?tenant=" + url.QueryEscape(tenant)
+	}
+	return p
+}
 
 type kmsKeyOut struct {
 	Name                 string   `json:"name"`
@@ -120,19 +138,19 @@ func runKMSKey(args []string) error {
 				return nil
 			}
 		}),
-		"get": groupCmd("kms key get", "allsource kms key get NAME", 1, false, func(fs *flag.FlagSet) func(*client, string, []string) error {
-			return func(c *client, _ string, pos []string) error { return simple(c, "GET", kmsKeyPath(pos[0]), nil) }
+		"get": groupCmd("kms key get", "allsource kms key get NAME [-tenant T]   (the operator names a tenant's key with -tenant or as T/NAME)", 1, false, func(fs *flag.FlagSet) func(*client, string, []string) error {
+			return func(c *client, t string, pos []string) error { return simple(c, "GET", kmsKeyPath(pos[0], t), nil) }
 		}),
-		"rotate": groupCmd("kms key rotate", "allsource kms key rotate NAME", 1, false, func(fs *flag.FlagSet) func(*client, string, []string) error {
-			return func(c *client, _ string, pos []string) error {
-				return simple(c, "POST", kmsKeyPath(pos[0])+"/rotate", nil)
+		"rotate": groupCmd("kms key rotate", "allsource kms key rotate NAME [-tenant T]", 1, false, func(fs *flag.FlagSet) func(*client, string, []string) error {
+			return func(c *client, t string, pos []string) error {
+				return simple(c, "POST", kmsKeySubPath(pos[0], t, "/rotate"), nil)
 			}
 		}),
-		"set": groupCmd("kms key set", "allsource kms key set NAME [-min-decryption-version N] [-rotation-period D|0]", 1, false,
+		"set": groupCmd("kms key set", "allsource kms key set NAME [-tenant T] [-min-decryption-version N] [-rotation-period D|0]", 1, false,
 			func(fs *flag.FlagSet) func(*client, string, []string) error {
 				minDec := fs.Int("min-decryption-version", 0, "retire the versions below N (their ciphertexts stop decrypting; rewrap first)")
 				period := fs.String("rotation-period", "", "scheduled rotation period (0 turns it off)")
-				return func(c *client, _ string, pos []string) error {
+				return func(c *client, t string, pos []string) error {
 					body := map[string]any{}
 					if *minDec > 0 {
 						body["min_decryption_version"] = *minDec
@@ -143,17 +161,17 @@ func runKMSKey(args []string) error {
 					if len(body) == 0 {
 						return errors.New("give -min-decryption-version and/or -rotation-period")
 					}
-					return simple(c, "PATCH", kmsKeyPath(pos[0]), body)
+					return simple(c, "PATCH", kmsKeyPath(pos[0], t), body)
 				}
 			}),
-		"grant": groupCmd("kms key grant", "allsource kms key grant NAME -tenant T [-revoke]", 1, true,
+		"grant": groupCmd("kms key grant", "allsource kms key grant NAME -tenant T [-revoke]   (global keys only; T is the grantee)", 1, true,
 			func(fs *flag.FlagSet) func(*client, string, []string) error {
 				revoke := fs.Bool("revoke", false, "end the grant instead")
 				return func(c *client, t string, pos []string) error {
 					if *revoke {
-						return simple(c, "DELETE", kmsKeyPath(pos[0])+"/grants/"+url.PathEscape(t), nil)
+						return simple(c, "DELETE", kmsKeySubPath(pos[0], "", "/grants/"+url.PathEscape(t)), nil)
 					}
-					return simple(c, "POST", kmsKeyPath(pos[0])+"/grants", map[string]string{"tenant": t})
+					return simple(c, "POST", kmsKeySubPath(pos[0], "", "/grants"), map[string]string{"tenant": t})
 				}
 			}),
 	})
