@@ -42,6 +42,10 @@ type fsmNode struct {
 	// loseOnRecord, when set, makes the next record command fail as a lost
 	// leadership would, and steps down.
 	loseOnRecord atomic.Bool
+	// closed (under mu) is set when the test ends, before the FSM closes: a
+	// runner's raft call may outlive its context (threat.apply leaves it
+	// running, as raft does), and it then fails as a lost leadership would.
+	closed bool
 }
 
 var errLostLeadership = errors.New("leadership lost")
@@ -57,10 +61,14 @@ func (n *fsmNode) Apply(_ context.Context, c fsm.Command) (*fsm.Result, error) {
 		n.leader.Store(false)
 		return nil, errLostLeadership
 	}
-	return n.apply(c), nil
+	if res := n.apply(c); res != nil {
+		return res, nil
+	}
+	return nil, errLostLeadership
 }
 
-// apply applies c whoever leads (the test's own writes).
+// apply applies c whoever leads (the test's own writes); nil once the test
+// has ended.
 func (n *fsmNode) apply(c fsm.Command) *fsm.Result {
 	b, err := c.Encode()
 	if err != nil {
@@ -68,6 +76,9 @@ func (n *fsmNode) apply(c fsm.Command) *fsm.Result {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.closed {
+		return nil
+	}
 	n.index++
 	return n.f.Apply(&raft.Log{Index: n.index, Term: 1, Type: raft.LogCommand, Data: b}).(*fsm.Result)
 }
@@ -100,8 +111,13 @@ func newThreatRig(t *testing.T) *threatRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
 	rig.f, rig.node = f, &fsmNode{f: f}
+	t.Cleanup(func() {
+		rig.node.mu.Lock()
+		rig.node.closed = true
+		rig.node.mu.Unlock()
+		f.Close()
+	})
 	rig.must(threatOp, fsm.CmdCreateTenant, &fsm.CreateTenantCmd{ID: "acme", Tier: "professional"})
 	for i, u := range []struct {
 		name string
@@ -123,6 +139,9 @@ func (r *threatRig) must(p fsm.Principal, typ fsm.CommandType, payload any) *fsm
 		r.t.Fatal(err)
 	}
 	res := r.node.apply(c)
+	if res == nil {
+		r.t.Fatalf("%s: the test has ended", typ)
+	}
 	if res.Err != nil {
 		r.t.Fatalf("%s: %v", typ, res.Err)
 	}
