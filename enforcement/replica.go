@@ -115,11 +115,15 @@ func NewReplica(cfg ReplicaConfig) (*Replica, error) {
 		cfg.Publish = func(*View) {}
 	}
 	r := &Replica{cfg: cfg, log: cfg.Logger.With("component", "replica")}
+	// ResponseHeaderTimeout: a live server answers the watch request at once
+	// (the hello frame, or a 503 while it catches up); one that accepts the
+	// connection but never answers is frozen (SIGSTOP, a paused VM: its kernel
+	// still completes the TCP handshake), and the edge must move on quickly.
 	tr := &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
 		TLSClientConfig:       cfg.TLS,
-		ResponseHeaderTimeout: 10 * time.Second,
+		ResponseHeaderTimeout: 2 * time.Second,
 		MaxIdleConnsPerHost:   4,
 		IdleConnTimeout:       30 * time.Second,
 		DisableCompression:    true,
@@ -201,11 +205,12 @@ func (r *Replica) Server() string {
 // Run keeps a stream open until ctx ends.
 func (r *Replica) Run(ctx context.Context) {
 	backoff := r.cfg.BackoffMin
+	failed := map[string]time.Time{} // servers whose stream failed lately: tried last
 	for ctx.Err() == nil {
 		if r.cfg.Discover != nil {
 			r.cfg.Discover(ctx)
 		}
-		for _, addr := range r.cfg.Candidates() {
+		for _, addr := range lastTried(r.cfg.Candidates(), failed, time.Now()) {
 			if ctx.Err() != nil {
 				break
 			}
@@ -217,6 +222,7 @@ func (r *Replica) Run(ctx context.Context) {
 			}
 			if err != nil {
 				r.errors.Add(1)
+				failed[addr] = time.Now()
 				r.log.Debug("watch stream ended", "server", addr, "err", err)
 			}
 			if time.Since(start) > 5*time.Second {
@@ -239,6 +245,31 @@ func (r *Replica) Run(ctx context.Context) {
 		r.store.close()
 		r.mu.Unlock()
 	}
+}
+
+// lastTried orders candidates for a round of connection attempts: servers
+// whose stream failed within the last 10 s go last, in the order they came.
+// Without it, a frozen server (the watchdog just gave up on it) could be
+// tried first again, and hold the edge until its response timeout while
+// writes it should see were being acknowledged elsewhere (test/faults: pause
+// scenarios). Entries older than that are forgotten.
+func lastTried(cands []string, failed map[string]time.Time, now time.Time) []string {
+	const memory = 10 * time.Second
+	for a, at := range failed {
+		if now.Sub(at) > memory {
+			delete(failed, a)
+		}
+	}
+	out := make([]string, 0, len(cands))
+	var later []string
+	for _, a := range cands {
+		if _, bad := failed[a]; bad {
+			later = append(later, a)
+		} else {
+			out = append(out, a)
+		}
+	}
+	return append(out, later...)
 }
 
 // Expire drops IP rules whose expiry has passed (call it from a ticker).
