@@ -1,9 +1,6 @@
 package test
 
 import (
-	"bytes"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,50 +17,16 @@ func TestAuditCLI(t *testing.T) {
 	bin := allsourceBinary(t)
 	dir := t.TempDir()
 	ports := reservePorts(t, 2)
-	tokenFile := filepath.Join(dir, "operator.token")
-	p := &serverProc{id: "a1", http: loopback(ports[0]), logPath: filepath.Join(dir, "a1.stderr"),
-		args: []string{"server", "-node-id", "a1", "-http-addr", loopback(ports[0]), "-raft-addr", loopback(ports[1]),
-			"-join-token", testJoinToken, "-bootstrap", "-data-dir", filepath.Join(dir, "a1"), "-operator-token-file", tokenFile}}
-	p.start(t)
-	t.Cleanup(func() {
-		p.kill(t)
-		if t.Failed() {
-			b, _ := os.ReadFile(p.logPath)
-			t.Logf("server stderr:\n%s", tailLines(string(b), 40))
-		}
-	})
-	var tok string
-	waitFor(t, 30*time.Second, "the operator token file", func() bool {
-		b, err := os.ReadFile(tokenFile)
-		tok = strings.TrimSpace(string(b))
-		return err == nil && strings.HasSuffix(string(b), "\n")
-	})
-	env := append(cleanEnv(), "ALLSOURCE_ADDR=http://"+p.http, "ALLSOURCE_TOKEN="+tok)
-	run := func(env []string, args ...string) (string, string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = env
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		return out.String(), errb.String(), err
-	}
-	cli := func(args ...string) string {
-		t.Helper()
-		var out, stderr string
-		var err error
-		waitFor(t, 30*time.Second, "allsource "+strings.Join(args, " "), func() bool {
-			out, stderr, err = run(env, args...)
-			return err == nil || !strings.Contains(stderr, "not_leader")
-		})
-		if err != nil {
-			t.Fatalf("allsource %s: %v: %s", strings.Join(args, " "), err, stderr)
-		}
-		return out
-	}
+	p, env := operatorServer(t, dir, "a1", loopback(ports[0]), []string{"server", "-node-id", "a1",
+		"-http-addr", loopback(ports[0]), "-raft-addr", loopback(ports[1]), "-join-token", testJoinToken,
+		"-bootstrap", "-data-dir", filepath.Join(dir, "a1")})
+	run := func(env []string, args ...string) (string, string, error) { return runBin(bin, "", env, args...) }
+	must := cliMust(t, bin, env)
+	cli := func(args ...string) string { t.Helper(); return must("", args...) }
 	cli("tenant", "create", "acme")
 	// A forged operator-looking token names no tenant: its refusal lands in
 	// the cluster's chain.
-	forged := append(cleanEnv(), "ALLSOURCE_ADDR=http://"+p.http, "ALLSOURCE_TOKEN=aso_forged-token-0123456789")
+	forged := []string{"ALLSOURCE_ADDR=http://" + p.http, "ALLSOURCE_TOKEN=aso_forged-token-0123456789"}
 	if _, stderr, err := run(forged, "tenant", "list"); err == nil {
 		t.Fatalf("tenant list with a forged token succeeded: %s", stderr)
 	}

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestKMSCLI drives `allsource kms …` against an `allsource server` process:
@@ -22,14 +20,7 @@ func TestKMSCLI(t *testing.T) {
 	bin := allsourceBinary(t)
 	dir := t.TempDir()
 	run := func(stdin string, env []string, args ...string) (string, string, error) {
-		t.Helper()
-		cmd := exec.Command(bin, args...)
-		cmd.Env = append(cleanEnv(), env...)
-		cmd.Stdin = strings.NewReader(stdin)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		return out.String(), errb.String(), err
+		return runBin(bin, stdin, env, args...)
 	}
 
 	root := filepath.Join(dir, "root.key")
@@ -69,38 +60,9 @@ func TestKMSCLI(t *testing.T) {
 		t.Fatalf("server with -kms-backend pkcs11: err %v, stderr tail %q", err, tailLines(stderr, 3))
 	}
 
-	tokenFile := filepath.Join(dir, "operator.token")
-	p := &serverProc{id: "k1", http: loopback(ports[0]), logPath: filepath.Join(dir, "k1.stderr"),
-		args: append(base, "-data-dir", filepath.Join(dir, "k1"), "-kms-root-key-file", root, "-operator-token-file", tokenFile)}
-	p.start(t)
-	t.Cleanup(func() {
-		p.kill(t)
-		if t.Failed() {
-			b, _ := os.ReadFile(p.logPath)
-			t.Logf("server stderr:\n%s", tailLines(string(b), 40))
-		}
-	})
-	var tok string
-	waitFor(t, 30*time.Second, "the operator token file", func() bool {
-		b, err := os.ReadFile(tokenFile)
-		tok = strings.TrimSpace(string(b))
-		return err == nil && strings.HasSuffix(string(b), "\n")
-	})
-	env := []string{"ALLSOURCE_ADDR=http://" + p.http, "ALLSOURCE_TOKEN=" + tok}
-	cli := func(stdin string, args ...string) string {
-		t.Helper()
-		var out, stderr string
-		var err error
-		// The first calls may meet the cluster still electing (503 not_leader).
-		waitFor(t, 30*time.Second, "allsource "+strings.Join(args, " "), func() bool {
-			out, stderr, err = run(stdin, env, args...)
-			return err == nil || !strings.Contains(stderr, "not_leader")
-		})
-		if err != nil {
-			t.Fatalf("allsource %s: %v: %s", strings.Join(args, " "), err, stderr)
-		}
-		return out
-	}
+	_, env := operatorServer(t, dir, "k1", loopback(ports[0]),
+		append(base, "-data-dir", filepath.Join(dir, "k1"), "-kms-root-key-file", root))
+	cli := cliMust(t, bin, env)
 	cli("", "tenant", "create", "acme")
 	cli("", "tenant", "create", "globex")
 	var k struct {
