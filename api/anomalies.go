@@ -100,24 +100,25 @@ func validKind(k fsm.AnomalyKind) bool {
 	return false
 }
 
-func anomalyID(r *http.Request) (string, error) {
-	id := r.PathValue("id")
-	if fsm.ValidObjectID("anomaly", id) != nil {
-		return "", apiErr(http.StatusNotFound, CodeNotFound, "anomaly not found")
+// anomalyTarget resolves the tenant and anomaly id of a per-anomaly request
+// and checks that p may see that tenant's anomalies.
+func anomalyTarget(tenantOf func(*http.Request) (string, error), r *http.Request, p fsm.Principal) (t, id string, err error) {
+	if t, err = tenantOf(r); err != nil {
+		return "", "", err
 	}
-	return id, nil
+	if err = canSeeAnomalies(p, t); err != nil {
+		return "", "", err
+	}
+	id = r.PathValue("id")
+	if fsm.ValidObjectID("anomaly", id) != nil {
+		return "", "", apiErr(http.StatusNotFound, CodeNotFound, "anomaly not found")
+	}
+	return t, id, nil
 }
 
 func (s *Server) getAnomaly(tenantOf func(*http.Request) (string, error)) handlerP {
 	return func(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
-		t, err := tenantOf(r)
-		if err == nil {
-			err = canSeeAnomalies(p, t)
-		}
-		var id string
-		if err == nil {
-			id, err = anomalyID(r)
-		}
+		t, id, err := anomalyTarget(tenantOf, r, p)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -134,14 +135,7 @@ func (s *Server) getAnomaly(tenantOf func(*http.Request) (string, error)) handle
 
 func (s *Server) undoAnomaly(tenantOf func(*http.Request) (string, error)) handlerP {
 	return func(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
-		t, err := tenantOf(r)
-		if err == nil {
-			err = canSeeAnomalies(p, t)
-		}
-		var id string
-		if err == nil {
-			id, err = anomalyID(r)
-		}
+		t, id, err := anomalyTarget(tenantOf, r, p)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
