@@ -301,9 +301,11 @@ func decodePayload(c *Command, v any) error {
 	if !ok {
 		return fmt.Errorf("a binary payload for a command without a binary form")
 	}
-	d := newSharedBdec(c.BinPayload)
-	if len(c.binText) == len(c.BinPayload) {
-		d = &bdec{b: c.BinPayload, n0: len(c.BinPayload), s: c.binText}
+	// A decoded command already holds its payload as a string (binText);
+	// only a command built in process needs the copy.
+	d := &bdec{b: c.BinPayload, n0: len(c.BinPayload), s: c.binText}
+	if len(c.binText) != len(c.BinPayload) {
+		d = newSharedBdec(c.BinPayload)
 	}
 	bp.decodeBinary(d)
 	return d.done()
