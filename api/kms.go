@@ -753,25 +753,18 @@ func (s *Server) kmsOperation(op string) handlerP {
 				c = &kmsContextReq{}
 			}
 			res, tenant, key, err := s.kmsItem(r, p, op, req.Key, it, *c, authz)
+			outcome := "ok"
 			if err != nil {
-				if !batch {
-					s.kms.items.WithLabelValues(op, "error").Inc()
-					s.auditKMS(r, p, op, map[string]map[string]*kmsKeyUse{tenant: {key: {n: 1, failed: 1, firstErr: errorCode(s.kmsError(err))}}})
-					s.writeError(w, r, s.kmsError(err))
-					return
-				}
-				ae := toAPIError(s.kmsError(err))
+				outcome = "error"
+				err = s.kmsError(err)
+				ae := toAPIError(err)
 				if ae == nil {
 					ae = apiErr(http.StatusInternalServerError, CodeInternal, "internal error")
 				}
 				res.Error = &kmsItemErrBody{Code: ae.Code, Message: ae.Message}
 			}
 			results[i] = res
-			if err != nil {
-				s.kms.items.WithLabelValues(op, "error").Inc()
-			} else {
-				s.kms.items.WithLabelValues(op, "ok").Inc()
-			}
+			s.kms.items.WithLabelValues(op, outcome).Inc()
 			if uses[tenant] == nil {
 				uses[tenant] = map[string]*kmsKeyUse{}
 			}
@@ -784,10 +777,16 @@ func (s *Server) kmsOperation(op string) handlerP {
 			if err != nil {
 				u.failed++
 				if u.firstErr == "" {
-					u.firstErr = errorCode(s.kmsError(err))
+					u.firstErr = res.Error.Code
 				}
 			} else if res.KeyVersion > 0 {
 				u.versions[res.KeyVersion] = true
+			}
+			if err != nil && !batch {
+				// A single item's failure is the request's error.
+				s.auditKMS(r, p, op, uses)
+				s.writeError(w, r, err)
+				return
 			}
 		}
 		s.auditKMS(r, p, op, uses)
@@ -797,13 +796,6 @@ func (s *Server) kmsOperation(op string) handlerP {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"items": results})
 	}
-}
-
-func errorCode(err error) string {
-	if ae := toAPIError(err); ae != nil {
-		return ae.Code
-	}
-	return CodeInternal
 }
 
 // kmsItem runs one item. It returns the tenant and key the item used (for
