@@ -21,13 +21,14 @@ import (
 
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/threat"
 )
 
 // Edge decision benchmarks (DESIGN.md §9: median ≤ 3 µs, p99 ≤ 20 µs,
 // ≥ 250k decisions/s on 2 cores for an API key or an already-verified JWT,
 // with the IP filter, RBAC and the token bucket). The pipeline is the one
 // every front end runs, with a real audit shipper (key-use counting) and
-// demand meter; the tenant's limit is high enough that every request is
+// demand meter and usage meter; the tenant's limit is high enough that every request is
 // admitted. Reported: decisions/s from b.RunParallel on GOMAXPROCS cores,
 // and median/p99 latency from a separate single-goroutine sample.
 
@@ -54,7 +55,8 @@ func benchPipeline(b *testing.B) (*fixture, *Pipeline) {
 		}
 	}
 	f.view = b2.build(20)
-	p := NewPipeline(PipelineConfig{Audit: sh, Demand: NewDemandMeter(nil, 0)})
+	// The usage meter too: every production edge (internal/edge) sets one.
+	p := NewPipeline(PipelineConfig{Audit: sh, Demand: NewDemandMeter(nil, 0), Usage: threat.NewUsageMeter()})
 	p.SetView(f.view)
 	return f, p
 }
