@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -20,16 +19,10 @@ import (
 const UsagePath = "/v1/internal/usage"
 
 // UsageMeter counts, per tenant, the requests (in cost units) an edge was
-// asked for and the ones it admitted. Record is the hot path: a sharded map
-// lookup and atomic adds.
+// asked for and the ones it admitted. Record is the hot path: lock-free once
+// the tenant has a cell (a map load and one or two atomic adds).
 type UsageMeter struct {
-	seed   maphash.Seed
-	shards [16]usageShard
-}
-
-type usageShard struct {
-	mu sync.RWMutex
-	m  map[string]*usageCell
+	cells sync.Map // tenant → *usageCell
 }
 
 type usageCell struct {
@@ -37,31 +30,18 @@ type usageCell struct {
 }
 
 // NewUsageMeter returns an empty meter.
-func NewUsageMeter() *UsageMeter {
-	m := &UsageMeter{seed: maphash.MakeSeed()}
-	for i := range m.shards {
-		m.shards[i].m = map[string]*usageCell{}
-	}
-	return m
-}
+func NewUsageMeter() *UsageMeter { return &UsageMeter{} }
 
 // Record notes one request for tenant costing cost tokens, admitted or not.
 func (m *UsageMeter) Record(tenant string, cost int, admitted bool) {
 	if cost < 1 {
 		cost = 1
 	}
-	sh := &m.shards[maphash.String(m.seed, tenant)%uint64(len(m.shards))]
-	sh.mu.RLock()
-	c := sh.m[tenant]
-	sh.mu.RUnlock()
-	if c == nil {
-		sh.mu.Lock()
-		if c = sh.m[tenant]; c == nil {
-			c = &usageCell{}
-			sh.m[tenant] = c
-		}
-		sh.mu.Unlock()
+	v, ok := m.cells.Load(tenant)
+	if !ok {
+		v, _ = m.cells.LoadOrStore(tenant, &usageCell{})
 	}
+	c := v.(*usageCell)
 	c.demand.Add(uint64(cost))
 	if admitted {
 		c.admitted.Add(uint64(cost))
@@ -69,22 +49,20 @@ func (m *UsageMeter) Record(tenant string, cost int, admitted bool) {
 }
 
 // Take returns the counts since the previous Take and starts again. Tenants
-// without requests since are dropped from the meter.
+// without requests since are dropped from the meter (a Record racing with
+// that drop can be lost: the tenant was idle for a whole interval).
 func (m *UsageMeter) Take() map[string]TenantUsage {
 	out := map[string]TenantUsage{}
-	for i := range m.shards {
-		sh := &m.shards[i]
-		sh.mu.Lock()
-		for t, c := range sh.m {
-			d, a := c.demand.Swap(0), c.admitted.Swap(0)
-			if d == 0 {
-				delete(sh.m, t)
-				continue
-			}
-			out[t] = TenantUsage{Demand: float64(d), Admitted: float64(min(a, d))}
+	m.cells.Range(func(k, v any) bool {
+		c := v.(*usageCell)
+		d, a := c.demand.Swap(0), c.admitted.Swap(0)
+		if d == 0 {
+			m.cells.CompareAndDelete(k, v)
+			return true
 		}
-		sh.mu.Unlock()
-	}
+		out[k.(string)] = TenantUsage{Demand: float64(d), Admitted: float64(min(a, d))}
+		return true
+	})
 	return out
 }
 
