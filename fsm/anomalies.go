@@ -429,32 +429,25 @@ func anomalyAuditMeta(a *Anomaly) map[string]string {
 		fs = append(fs, f.Name+"="+strconv.FormatFloat(f.Value, 'g', 4, 64))
 	}
 	if len(fs) > 0 {
-		m["factors"] = truncText(strings.Join(fs, ","), 1024)
+		m["factors"] = truncateString(strings.Join(fs, ","), 1024)
 	}
 	var acts []string
 	for _, r := range a.Actions {
 		acts = append(acts, string(r.Kind)+":"+r.Target)
 	}
 	if len(acts) > 0 {
-		m["response"] = truncText(strings.Join(acts, ","), 1024)
+		m["response"] = truncateString(strings.Join(acts, ","), 1024)
 	}
 	if a.Subject.UserID != "" {
 		m["user_id"] = a.Subject.UserID
 	}
 	if a.Subject.Username != "" {
-		m["username"] = truncText(a.Subject.Username, 256)
+		m["username"] = truncateString(a.Subject.Username, 256)
 	}
 	if a.Subject.KeyID != "" {
 		m["key_id"] = a.Subject.KeyID
 	}
 	return m
-}
-
-func truncText(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // respond applies one automatic action, recording its outcome in r. A
