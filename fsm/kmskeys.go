@@ -306,7 +306,8 @@ func applyGrantKMSKey(w *wtx, c *Command) (any, *Error) {
 			return nil, errf(CodeConflict, "tenant %q has its own key %q", p.Tenant, p.Name)
 		}
 	}
-	if _, ok := w.reader().Tenant(p.Tenant); !ok && !p.Revoke {
+	_, tenantExists := w.reader().Tenant(p.Tenant)
+	if !tenantExists && !p.Revoke {
 		return nil, errf(CodeNotFound, "tenant %q not found", p.Tenant)
 	}
 	if p.Tenant == k.Tenant {
@@ -333,7 +334,7 @@ func applyGrantKMSKey(w *wtx, c *Command) (any, *Error) {
 	}
 	meta := map[string]string{"grantee": p.Tenant}
 	w.audit("", action, "kms-key/"+p.Name, OutcomeSuccess, meta)
-	if _, ok := w.reader().Tenant(p.Tenant); ok {
+	if tenantExists {
 		w.audit(p.Tenant, action, "kms-key/"+p.Name, OutcomeSuccess, meta)
 	}
 	return &k, nil
