@@ -13,7 +13,7 @@ func canAudit(p fsm.Principal, t string) error {
 	if err := canSeeTenant(p, t); err != nil {
 		return err
 	}
-	if p.IsOperator() || p.Kind == fsm.PrincipalDev || p.Role.Has(auth.PermAdmin) {
+	if hasPerm(p, auth.PermAdmin) {
 		return nil
 	}
 	return apiErr(http.StatusForbidden, CodeForbidden, "reading the audit log needs the admin permission")

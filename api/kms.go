@@ -368,7 +368,7 @@ func (s *Server) visibleKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Pri
 	if k == nil {
 		return nil, kmsKeyNotFound(name)
 	}
-	if !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermRead) {
+	if !hasPerm(p, auth.PermRead) {
 		return nil, apiErr(http.StatusForbidden, CodeForbidden, "this needs the read permission")
 	}
 	return k, nil
@@ -385,7 +385,7 @@ func (s *Server) manageableKMSKey(w http.ResponseWriter, r *http.Request, p fsm.
 	if p.IsOperator() {
 		return k, nil
 	}
-	if k.Tenant != p.Tenant || p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermAdmin) {
+	if k.Tenant != p.Tenant || !hasPerm(p, auth.PermAdmin) {
 		return nil, apiErr(http.StatusForbidden, CodeForbidden, "only the key's tenant admins and the operator may manage it")
 	}
 	return k, nil
@@ -443,7 +443,7 @@ func (s *Server) createKMSKey(w http.ResponseWriter, r *http.Request, p fsm.Prin
 			s.writeError(w, r, apiErr(http.StatusNotFound, CodeNotFound, fmt.Sprintf("tenant %q not found", *req.Tenant)))
 			return
 		}
-		if p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermAdmin) {
+		if !hasPerm(p, auth.PermAdmin) {
 			s.writeError(w, r, apiErr(http.StatusForbidden, CodeForbidden, "creating a key needs the admin permission"))
 			return
 		}
@@ -515,7 +515,7 @@ func (s *Server) listKMSKeys(w http.ResponseWriter, r *http.Request, p fsm.Princ
 		s.writeError(w, r, err)
 		return
 	}
-	if !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermRead) {
+	if !hasPerm(p, auth.PermRead) {
 		s.writeError(w, r, apiErr(http.StatusForbidden, CodeForbidden, "this needs the read permission"))
 		return
 	}
@@ -926,7 +926,7 @@ func kmsTenant(p fsm.Principal, ctxTenant string) (string, error) {
 	if ctxTenant != "" && ctxTenant != p.Tenant {
 		return "", apiErr(http.StatusNotFound, CodeNotFound, fmt.Sprintf("tenant %q not found", ctxTenant))
 	}
-	if p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermWrite) {
+	if !hasPerm(p, auth.PermWrite) {
 		return "", apiErr(http.StatusForbidden, CodeForbidden, "KMS operations need the write permission")
 	}
 	return p.Tenant, nil

@@ -90,10 +90,6 @@ func (m *MFA) target(r *http.Request, p fsm.Principal) (u *fsm.User, self bool, 
 	return u, self, nil
 }
 
-func isTenantAdmin(p fsm.Principal) bool {
-	return p.IsOperator() || p.Kind == fsm.PrincipalDev || p.Role.Has(auth.PermAdmin)
-}
-
 // MFAStatus is the body of GET …/mfa.
 type MFAStatus struct {
 	Enrolled      bool   `json:"enrolled"`
@@ -106,7 +102,7 @@ type MFAStatus struct {
 func (m *MFA) status(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
 	s := m.s
 	u, self, err := m.target(r, p)
-	if err == nil && !self && !isTenantAdmin(p) {
+	if err == nil && !self && !hasPerm(p, auth.PermAdmin) {
 		err = apiErr(http.StatusForbidden, CodeForbidden, "only the user or an admin sees its MFA status")
 	}
 	if err != nil {
@@ -233,7 +229,7 @@ func (m *MFA) disable(w http.ResponseWriter, r *http.Request, p fsm.Principal) {
 	if err == nil {
 		err = decodeJSON(r, &req)
 	}
-	if err == nil && !self && !isTenantAdmin(p) {
+	if err == nil && !self && !hasPerm(p, auth.PermAdmin) {
 		err = apiErr(http.StatusForbidden, CodeForbidden, "only the user or an admin removes a second factor")
 	}
 	if err != nil {

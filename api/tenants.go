@@ -198,7 +198,7 @@ func (s *Server) getRateLimit(w http.ResponseWriter, r *http.Request, p fsm.Prin
 	if err == nil {
 		err = canSeeTenant(p, t)
 	}
-	if err == nil && !p.IsOperator() && !p.Role.Has(auth.PermAdmin) && p.Kind != fsm.PrincipalDev {
+	if err == nil && !hasPerm(p, auth.PermAdmin) {
 		err = apiErr(http.StatusForbidden, CodeForbidden, "reading the rate limit needs the admin permission")
 	}
 	if err != nil {

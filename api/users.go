@@ -80,10 +80,16 @@ func tenantPerm(r *http.Request, p fsm.Principal, perm auth.Permission) (string,
 	if err != nil {
 		return "", err
 	}
-	if p.IsOperator() || p.Kind == fsm.PrincipalDev || p.Role.Has(perm) {
+	if hasPerm(p, perm) {
 		return t, nil
 	}
 	return "", apiErr(http.StatusForbidden, CodeForbidden, "this needs the "+perm.String()+" permission")
+}
+
+// hasPerm reports whether p holds perm in its tenant: the operator and a dev
+// principal hold every permission, anyone else as its role grants.
+func hasPerm(p fsm.Principal, perm auth.Permission) bool {
+	return p.IsOperator() || p.Kind == fsm.PrincipalDev || p.Role.Has(perm)
 }
 
 func policyError(err error) error {
@@ -217,7 +223,7 @@ func (s *Server) getUser(w http.ResponseWriter, r *http.Request, p fsm.Principal
 		u, err = s.userParam(r, t)
 	}
 	// Users read their own record; reading others needs the admin permission.
-	if err == nil && !(p.Kind == fsm.PrincipalUser && p.ID == u.ID) && !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermAdmin) {
+	if err == nil && !(p.Kind == fsm.PrincipalUser && p.ID == u.ID) && !hasPerm(p, auth.PermAdmin) {
 		err = apiErr(http.StatusForbidden, CodeForbidden, "reading other users needs the admin permission")
 	}
 	if err != nil {
@@ -334,7 +340,7 @@ func (s *Server) changePassword(w http.ResponseWriter, r *http.Request, p fsm.Pr
 		return
 	}
 	self := p.Kind == fsm.PrincipalUser && p.Tenant == t && p.ID == u.ID
-	if !self && !p.IsOperator() && p.Kind != fsm.PrincipalDev && !p.Role.Has(auth.PermAdmin) {
+	if !self && !hasPerm(p, auth.PermAdmin) {
 		s.writeError(w, r, apiErr(http.StatusForbidden, CodeForbidden, "changing another user's password needs the admin permission"))
 		return
 	}
