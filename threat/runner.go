@@ -86,7 +86,6 @@ type Runner struct {
 	ready    atomic.Bool // warm-up done in the current term
 	analysed atomic.Uint64
 	recorded atomic.Uint64
-	terms    atomic.Uint64
 }
 
 type runnerMetrics struct {
@@ -222,7 +221,6 @@ func (r *Runner) Run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for r.cfg.Node.IsLeader() && ctx.Err() == nil {
-			r.terms.Add(1)
 			err := r.term(ctx)
 			if ctx.Err() != nil {
 				return
