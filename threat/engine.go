@@ -222,14 +222,6 @@ func actorKey(a *fsm.Actor) string {
 	return string(a.Kind) + ":" + id
 }
 
-// hostPrefix is the IP rule that blocks one address.
-func hostPrefix(ip string) string {
-	if strings.Contains(ip, ":") {
-		return ip + "/128"
-	}
-	return ip + "/32"
-}
-
 func f(name string, v, threshold float64, detail string) fsm.Factor {
 	return fsm.Factor{Name: name, Value: round3(v), Threshold: threshold, Detail: detail}
 }
