@@ -210,6 +210,15 @@ func Start(cfg Config, log *slog.Logger) (*Edge, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Usage reports for the servers' adaptive rate limits (DESIGN.md §7), built
+	// before anything that would need undoing if it failed.
+	cpu := &threat.CPUSampler{}
+	rep, err := threat.NewUsageReporter(threat.UsageReporterConfig{Edge: cfg.NodeID, Meter: usage, Servers: e.ServerURLs,
+		JoinToken: cfg.JoinToken, Interval: cfg.UsageInterval, Client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS}},
+		Load: func() threat.Load { return threat.Load{CPU: cpu.Sample()} }, Logger: log})
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
@@ -228,15 +237,6 @@ func Start(cfg Config, log *slog.Logger) (*Edge, error) {
 		}
 		p.gossip = g
 		e.SetMembership(membership{g}, func(addrs []string) error { _, err := g.Join(addrs); return err })
-	}
-	// Usage reports for the servers' adaptive rate limits (DESIGN.md §7).
-	cpu := &threat.CPUSampler{}
-	rep, err := threat.NewUsageReporter(threat.UsageReporterConfig{Edge: cfg.NodeID, Meter: usage, Servers: e.ServerURLs,
-		JoinToken: cfg.JoinToken, Interval: cfg.UsageInterval, Client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS}},
-		Load: func() threat.Load { return threat.Load{CPU: cpu.Sample()} }, Logger: log})
-	if err != nil {
-		ln.Close()
-		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stopUsage = cancel
