@@ -88,41 +88,26 @@ func runAnomaly(args []string) error {
 			table([]string{"ID", "DETECTED", "KIND", "SCORE", "LEVEL", "ACTIONS", "STATE", "SUMMARY"}, rows)
 			return nil
 		},
-		"get": func(args []string) error {
-			fs := flag.NewFlagSet("anomaly get", flag.ContinueOnError)
-			c := clientFlags(fs)
-			tenant := fs.String("tenant", "", "tenant id (empty: the cluster chain)")
-			pos, err := parseWith(fs, args)
-			if err == nil {
-				err = needArgs(pos, 1, "allsource anomaly get [-tenant T] ID")
-			}
-			if err != nil {
-				return err
-			}
-			var out json.RawMessage
-			if err := c.do("GET", scopePath(*tenant)+"/anomalies/"+url.PathEscape(pos[0]), nil, &out); err != nil {
-				return err
-			}
-			return show(out)
-		},
-		"undo": func(args []string) error {
-			fs := flag.NewFlagSet("anomaly undo", flag.ContinueOnError)
-			c := clientFlags(fs)
-			tenant := fs.String("tenant", "", "tenant id (empty: the cluster chain)")
-			pos, err := parseWith(fs, args)
-			if err == nil {
-				err = needArgs(pos, 1, "allsource anomaly undo [-tenant T] ID")
-			}
-			if err != nil {
-				return err
-			}
-			var out json.RawMessage
-			if err := c.do("POST", scopePath(*tenant)+"/anomalies/"+url.PathEscape(pos[0])+"/undo", nil, &out); err != nil {
-				return err
-			}
-			return show(out)
-		},
+		"get":  oneAnomaly("get", "GET", ""),
+		"undo": oneAnomaly("undo", "POST", "/undo"),
 	})
+}
+
+// oneAnomaly is "anomaly get|undo [-tenant T] ID": one request on one anomaly.
+func oneAnomaly(name, method, suffix string) func([]string) error {
+	return func(args []string) error {
+		fs := flag.NewFlagSet("anomaly "+name, flag.ContinueOnError)
+		c := clientFlags(fs)
+		tenant := fs.String("tenant", "", "tenant id (empty: the cluster chain)")
+		pos, err := parseWith(fs, args)
+		if err == nil {
+			err = needArgs(pos, 1, "allsource anomaly "+name+" [-tenant T] ID")
+		}
+		if err != nil {
+			return err
+		}
+		return simple(c, method, scopePath(*tenant)+"/anomalies/"+url.PathEscape(pos[0])+suffix, nil)
+	}
 }
 
 func runThreatPolicy(args []string) error {
@@ -134,11 +119,7 @@ func runThreatPolicy(args []string) error {
 			if _, err := parseWith(fs, args); err != nil {
 				return err
 			}
-			var out json.RawMessage
-			if err := c.do("GET", scopePath(*tenant)+"/threat-policy", nil, &out); err != nil {
-				return err
-			}
-			return show(out)
+			return simple(c, "GET", scopePath(*tenant)+"/threat-policy", nil)
 		},
 		"set": func(args []string) error {
 			fs := flag.NewFlagSet("threat-policy set", flag.ContinueOnError)
@@ -168,11 +149,7 @@ func runThreatPolicy(args []string) error {
 					return fmt.Errorf("-%s must be true or false", strings.ReplaceAll(k, "_", "-"))
 				}
 			}
-			var out json.RawMessage
-			if err := c.do("PUT", scopePath(*tenant)+"/threat-policy", body, &out); err != nil {
-				return err
-			}
-			return show(out)
+			return simple(c, "PUT", scopePath(*tenant)+"/threat-policy", body)
 		},
 	})
 }
