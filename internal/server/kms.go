@@ -308,7 +308,6 @@ func (p *Server) startKMS(ctx context.Context, local kms.Provider) error {
 	st := p.cfg.KMS
 	providers := []kms.Provider{local}
 	def := "local"
-	p.kms.done = make(chan struct{})
 	if st.Backend != "" && st.Backend != "local" {
 		settings := st.providerSettings()
 		// Configuration mistakes (unknown settings, a missing region) stop
@@ -328,6 +327,7 @@ func (p *Server) startKMS(ctx context.Context, local kms.Provider) error {
 		if every <= 0 {
 			every = 30 * time.Second
 		}
+		p.kms.done = make(chan struct{})
 		go func() {
 			defer close(p.kms.done)
 			r.run(ctx, settings, every, p.log)
@@ -336,6 +336,7 @@ func (p *Server) startKMS(ctx context.Context, local kms.Provider) error {
 		providers = append(providers, r)
 		def = st.Backend
 	} else {
+		p.kms.done = make(chan struct{})
 		close(p.kms.done)
 	}
 	p.kms.store = api.NewKMSKeyStore(p.fsm, p.node)

@@ -138,6 +138,9 @@ func (c *Config) Validate() error {
 	default:
 		return errors.New("-log-format must be text or json")
 	}
+	if err := c.Threat.validate(); err != nil {
+		return err
+	}
 	if err := c.Identity.validate(); err != nil {
 		return err
 	}
@@ -261,29 +264,27 @@ func Start(parent context.Context, cfg Config, log *slog.Logger) (*Server, error
 		MaxBodyBytes: cfg.MaxBodyBytes, ClientTLS: clientTLS, Scheme: scheme, PublicMetrics: cfg.PublicMetrics || cfg.Dev,
 		Logger: log}, node, f)
 	p.api.MountEdge(p.hub)
-	if err := p.startIdentity(ctx); err != nil {
+	// fail stops what has started, in Close's order (each stop does nothing
+	// for a part that did not start), and returns err.
+	fail := func(err error) (*Server, error) {
+		cancel()
+		p.threat.wait()
+		p.stopKMS()
+		p.api.StopIdentity()
+		p.sec.wait()
 		node.Shutdown()
 		ln.Close()
 		f.Close()
-		cancel()
 		return nil, err
+	}
+	if err := p.startIdentity(ctx); err != nil {
+		return fail(err)
 	}
 	if err := p.startKMS(ctx, p.sec.prov); err != nil {
-		p.api.StopIdentity()
-		node.Shutdown()
-		ln.Close()
-		f.Close()
-		cancel()
-		return nil, err
+		return fail(err)
 	}
 	if err := p.startThreat(ctx, log); err != nil {
-		cancel()
-		p.stopKMS()
-		node.Shutdown()
-		ln.Close()
-		f.Close()
-		cancel()
-		return nil, err
+		return fail(err)
 	}
 	p.http = &http.Server{Handler: p.api.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
