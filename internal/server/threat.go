@@ -38,6 +38,25 @@ type ThreatConfig struct {
 	CheckpointAge     time.Duration
 }
 
+// validate checks the threat settings before anything starts, with the
+// checks startThreat's constructors make: the webhook's URL and secret and
+// the detector thresholds.
+func (t *ThreatConfig) validate() error {
+	if t.Disabled {
+		return nil
+	}
+	if t.WebhookURL != "" {
+		if t.WebhookSecret == "" {
+			return errors.New("-webhook-secret is required with -webhook-url")
+		}
+		if _, err := threat.NewWebhook(threat.WebhookConfig{URL: t.WebhookURL, Secret: []byte(t.WebhookSecret)}); err != nil {
+			return err
+		}
+	}
+	d := t.Detect // Validate fills defaults in; keep the configured zeros
+	return d.Validate()
+}
+
 // ParseExemptIPs parses a comma-separated list of addresses and prefixes.
 func ParseExemptIPs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
@@ -128,9 +147,6 @@ func (p *Server) startThreat(ctx context.Context, log *slog.Logger) error {
 	reg := p.api.Registry()
 	var sinks []threat.Sink
 	if tc.WebhookURL != "" {
-		if tc.WebhookSecret == "" {
-			return errors.New("-webhook-secret is required with -webhook-url")
-		}
 		wh, err := threat.NewWebhook(threat.WebhookConfig{URL: tc.WebhookURL, Secret: []byte(tc.WebhookSecret), Logger: log,
 			Registerer: reg})
 		if err != nil {
