@@ -84,9 +84,10 @@ func (k *kmsWrapper) Unwrap(ctx context.Context, wrapped []byte, tenant, field s
 	return k.prov.Decrypt(ctx, k.rec, v, wrapped[1:], k.binding(tenant, field))
 }
 
-// loadRootKey returns the local KMS root key: -kms-local-key-file, else
-// ALLSOURCE_KMS_ROOT_KEY, else (dev mode) a key file generated in the data
-// directory, else a key derived from the join token.
+// loadRootKey returns the local KMS root key: -kms-root-key-file (older name
+// -kms-local-key-file), else ALLSOURCE_KMS_ROOT_KEY, else (dev mode) a key
+// file generated in the data directory, else a key derived from the join
+// token.
 //
 // The derived key is the zero-configuration default of a cluster: every
 // server already shares the join token, and whoever holds it can join and
@@ -104,8 +105,8 @@ func loadRootKey(cfg Config, log *slog.Logger) ([]byte, error) {
 	if cfg.Dev || cfg.JoinToken == "" {
 		return kms.LoadOrInitLocalRootKey(filepath.Join(cfg.DataDir, "kms-root.key"))
 	}
-	log.Warn("no -kms-local-key-file: the KMS root key that wraps the pepper and the signing keys is derived from the join token; " +
-		"set -kms-local-key-file (the same file on every server) to separate the two")
+	log.Warn("no -kms-root-key-file: the KMS root key that wraps the pepper and the signing keys is derived from the join token; " +
+		"set -kms-root-key-file (the same file on every server) to separate the two")
 	return hkdf.Key(sha256.New, []byte(cfg.JoinToken), []byte("allsource-kms-root-from-join-token-v1"), "allsource local KMS root key v1", kms.RootKeySize)
 }
 
