@@ -202,28 +202,35 @@ func (b *auditBatcher) send(ctx context.Context, body batchBody) error {
 	if !s.node.IsLeader() {
 		return b.post(ctx, body)
 	}
-	for len(body.Entries) > 0 {
-		n := min(len(body.Entries), 10000)
-		if _, err := s.proposeSystem(ctx, fsm.CmdAppendAudit, &fsm.AppendAuditCmd{Entries: body.Entries[:n]}); err != nil {
-			return err
-		}
-		b.committed.Add(uint64(n))
-		body.Entries = body.Entries[n:]
+	err := proposeChunks(ctx, s, body.Entries, &b.committed, func(c []fsm.AuditInput) (fsm.CommandType, any) {
+		return fsm.CmdAppendAudit, &fsm.AppendAuditCmd{Entries: c}
+	})
+	if err == nil {
+		err = proposeChunks(ctx, s, body.LoginFailures, &b.committed, func(c []fsm.LoginFailure) (fsm.CommandType, any) {
+			return fsm.CmdLoginFailures, &fsm.LoginFailuresCmd{Failures: c, Policy: b.policy}
+		})
 	}
-	for len(body.LoginFailures) > 0 {
-		n := min(len(body.LoginFailures), 10000)
-		if _, err := s.proposeSystem(ctx, fsm.CmdLoginFailures, &fsm.LoginFailuresCmd{Failures: body.LoginFailures[:n], Policy: b.policy}); err != nil {
-			return err
-		}
-		b.committed.Add(uint64(n))
-		body.LoginFailures = body.LoginFailures[n:]
+	if err == nil {
+		err = proposeChunks(ctx, s, body.KeyUses, nil, func(c []fsm.KeyUse) (fsm.CommandType, any) {
+			return fsm.CmdTouchAPIKeys, &fsm.TouchAPIKeysCmd{Uses: c}
+		})
 	}
-	for len(body.KeyUses) > 0 {
-		n := min(len(body.KeyUses), 10000)
-		if _, err := s.proposeSystem(ctx, fsm.CmdTouchAPIKeys, &fsm.TouchAPIKeysCmd{Uses: body.KeyUses[:n]}); err != nil {
+	return err
+}
+
+// proposeChunks proposes items in commands of at most 10000, adding each
+// committed chunk's length to committed (if not nil).
+func proposeChunks[T any](ctx context.Context, s *Server, items []T, committed *atomic.Uint64, cmd func([]T) (fsm.CommandType, any)) error {
+	for len(items) > 0 {
+		n := min(len(items), 10000)
+		t, payload := cmd(items[:n])
+		if _, err := s.proposeSystem(ctx, t, payload); err != nil {
 			return err
 		}
-		body.KeyUses = body.KeyUses[n:]
+		if committed != nil {
+			committed.Add(uint64(n))
+		}
+		items = items[n:]
 	}
 	return nil
 }
