@@ -144,6 +144,7 @@ func (b *auditBatcher) loop() {
 			timer, tc = nil, nil
 			dispatch()
 		case <-b.quit:
+		drain:
 			for {
 				select {
 				case it := <-b.in:
@@ -151,10 +152,9 @@ func (b *auditBatcher) loop() {
 					if cur.size() >= b.maxBatch {
 						dispatch()
 					}
-					continue
 				default:
+					break drain
 				}
-				break
 			}
 			dispatch()
 			b.inflight.Wait()

@@ -140,7 +140,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		reason = "wrong password"
 	}
 	var step uint64
-	if reason == "" && len(u.MFASecret) > 0 || reason == "" && id.cfg.SecondFactor != nil {
+	if reason == "" && (len(u.MFASecret) > 0 || id.cfg.SecondFactor != nil) {
 		if id.cfg.SecondFactor == nil {
 			reason = "second factor required but not available"
 		} else if step, err = id.cfg.SecondFactor(r.Context(), u, req.TOTP, req.RecoveryCode); err != nil {
