@@ -48,16 +48,26 @@ type guardedPipeline struct {
 	t         *guardedTransport
 	peer      raft.ServerID
 	closeOnce sync.Once
+	// timer is armed for each AppendEntries call and stopped when it
+	// returns; one per pipeline, since raft calls AppendEntries from the
+	// follower's single replication goroutine (no timer allocated per append).
+	timer *time.Timer
 }
 
 func (p *guardedPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
-	timer := time.AfterFunc(p.t.stuckAfter, func() {
-		p.t.unstuck.Add(1)
-		p.t.log.Warn("raft pipeline to a follower stuck; closing it", "peer", string(p.peer), "after", p.t.stuckAfter)
-		_ = p.Close()
-	})
-	defer timer.Stop()
+	if p.timer == nil {
+		p.timer = time.AfterFunc(p.t.stuckAfter, p.stuck)
+	} else {
+		p.timer.Reset(p.t.stuckAfter)
+	}
+	defer p.timer.Stop()
 	return p.AppendPipeline.AppendEntries(args, resp)
+}
+
+func (p *guardedPipeline) stuck() {
+	p.t.unstuck.Add(1)
+	p.t.log.Warn("raft pipeline to a follower stuck; closing it", "peer", string(p.peer), "after", p.t.stuckAfter)
+	_ = p.Close()
 }
 
 func (p *guardedPipeline) Close() error {

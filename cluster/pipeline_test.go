@@ -47,3 +47,41 @@ func TestGuardedPipelineUnblocksAStuckAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// quickThenStuckPipeline answers its first quick calls at once and blocks the
+// next one until closed.
+type quickThenStuckPipeline struct {
+	blockingPipeline
+	quick int
+}
+
+func (p *quickThenStuckPipeline) AppendEntries(req *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	if p.quick > 0 {
+		p.quick--
+		return nil, nil
+	}
+	return p.blockingPipeline.AppendEntries(req, resp)
+}
+
+func TestGuardedPipelineReusesItsTimer(t *testing.T) {
+	tr := &guardedTransport{stuckAfter: time.Second, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	inner := &quickThenStuckPipeline{blockingPipeline: blockingPipeline{closed: make(chan struct{})}, quick: 50}
+	p := &guardedPipeline{AppendPipeline: inner, t: tr, peer: "f1"}
+	for range 50 {
+		if _, err := p.AppendEntries(&raft.AppendEntriesRequest{}, &raft.AppendEntriesResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Calls that returned must not have left the guard armed.
+	select {
+	case <-inner.closed:
+		t.Fatal("the guard closed a pipeline whose calls all returned")
+	case <-time.After(2 * tr.stuckAfter):
+	}
+	if _, err := p.AppendEntries(&raft.AppendEntriesRequest{}, &raft.AppendEntriesResponse{}); !errors.Is(err, raft.ErrPipelineShutdown) {
+		t.Fatalf("stuck append returned %v, want ErrPipelineShutdown", err)
+	}
+	if got := tr.unstuck.Load(); got != 1 {
+		t.Fatalf("unstuck = %d, want 1", got)
+	}
+}
