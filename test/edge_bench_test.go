@@ -21,7 +21,7 @@ import (
 // observations.
 func BenchmarkEdgePropagation50(b *testing.B) {
 	const nEdges = 50
-	c, tok := startEdgeClusterB(b)
+	c, tok := startEdgeCluster(b)
 	id := newIdentity(b, c, tok)
 	id.createTenant(b, "prop", 0, 0)
 	keys := make([]string, b.N)
@@ -98,26 +98,4 @@ func BenchmarkEdgePropagation50(b *testing.B) {
 	b.ReportMetric(float64(delays[len(delays)-1].Microseconds())/1000, "max-ms")
 	b.ReportMetric(float64(len(delays)), "observations")
 	b.Logf("edges per server: %v", perServer)
-}
-
-// startEdgeClusterB is startEdgeCluster for benchmarks.
-func startEdgeClusterB(b *testing.B) (*inprocCluster, string) {
-	b.Helper()
-	c := newInprocCluster(b)
-	api := newAPIClient(scaled(10 * time.Second))
-	n1 := c.add("s1")
-	n2, n3 := c.add("s2", n1.addr()), c.add("s3", n1.addr())
-	shareRootKey(b, n1, n2, n3)
-	c.start(n1)
-	tok := operatorToken(b, n1)
-	c.start(n2)
-	c.start(n3)
-	for _, n := range c.running() {
-		waitFor(b, 30*time.Second, n.id()+" to see 3 voters", func() bool {
-			ms, err := api.members(n.addr(), tok)
-			v, total := voters(ms)
-			return err == nil && v == 3 && total == 3
-		})
-	}
-	return c, tok
 }

@@ -17,7 +17,7 @@ import (
 
 // startEdgeCluster starts three in-process servers (s1 bootstraps, s2 and
 // s3 join) and waits until all three are voters.
-func startEdgeCluster(t *testing.T) (*inprocCluster, string) {
+func startEdgeCluster(t testing.TB) (*inprocCluster, string) {
 	t.Helper()
 	c := newInprocCluster(t)
 	api := newAPIClient(scaled(10 * time.Second))
