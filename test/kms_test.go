@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/allsource/guard/api"
+	"github.com/allsource/guard/enforcement"
 	"github.com/allsource/guard/fsm"
 	"github.com/allsource/guard/kms"
 )
@@ -364,29 +364,11 @@ func TestKMSEndToEnd(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock shared by the servers of a test.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // TestKMSScheduledRotation: the leader rotates a key once its rotation
 // period has elapsed on the (injected) clock, through raft, audited as the
 // cluster.
 func TestKMSScheduledRotation(t *testing.T) {
-	clk := &fakeClock{t: time.Now().UTC()}
+	clk := enforcement.NewManualClock(time.Now().UTC()) // shared by the servers of the test
 	e := idCluster(t, 1, func(nd *inprocNode) {
 		nd.cfg.KMS.Clock = clk.Now
 		nd.cfg.KMS.RotationCheck = 20 * time.Millisecond
