@@ -218,11 +218,9 @@ func (id *identity) createAPIKey(t testing.TB, tenant string, role auth.Role) (r
 	return out.Key, out.ID
 }
 
-func (id *identity) revokeAPIKey(t testing.TB, tenant, keyID string) uint64 {
+func (id *identity) revokeAPIKey(t testing.TB, tenant, keyID string) {
 	t.Helper()
-	r := id.call(t, http.StatusOK, http.MethodDelete, "/v1/tenants/"+tenant+"/api-keys/"+keyID, nil)
-	i, _ := r.index()
-	return i
+	id.call(t, http.StatusOK, http.MethodDelete, "/v1/tenants/"+tenant+"/api-keys/"+keyID, nil)
 }
 
 const testPassword = "correct-horse-battery-42"
@@ -257,22 +255,18 @@ func (id *identity) login(t testing.TB, tenant, username string) string {
 	return out.AccessToken
 }
 
-func (id *identity) blockCIDR(t testing.TB, tenant, cidr string) uint64 {
+func (id *identity) blockCIDR(t testing.TB, tenant, cidr string) {
 	t.Helper()
 	path := "/v1/ip-rules"
 	if tenant != "" {
 		path = "/v1/tenants/" + tenant + "/ip-rules"
 	}
-	r := id.call(t, http.StatusCreated, http.MethodPost, path, map[string]string{"cidr": cidr, "action": "block", "note": "edge test"})
-	i, _ := r.index()
-	return i
+	id.call(t, http.StatusCreated, http.MethodPost, path, map[string]string{"cidr": cidr, "action": "block", "note": "edge test"})
 }
 
-func (id *identity) suspend(t testing.TB, tenant string) uint64 {
+func (id *identity) suspend(t testing.TB, tenant string) {
 	t.Helper()
-	r := id.call(t, http.StatusOK, http.MethodPost, "/v1/tenants/"+tenant+"/suspend", nil)
-	i, _ := r.index()
-	return i
+	id.call(t, http.StatusOK, http.MethodPost, "/v1/tenants/"+tenant+"/suspend", nil)
 }
 
 func newID() string {

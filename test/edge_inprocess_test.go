@@ -157,7 +157,7 @@ func TestEdgesInProcess(t *testing.T) {
 	})
 
 	var delays []time.Duration
-	measure := func(t *testing.T, what string, reflected func(v *enforcement.View) bool, write func() uint64) {
+	measure := func(t *testing.T, what string, reflected func(v *enforcement.View) bool, write func()) {
 		t.Helper()
 		p := watchEdges(allEdges, edgeNames, reflected)
 		write()
@@ -181,7 +181,7 @@ func TestEdgesInProcess(t *testing.T) {
 		measure(t, "API key revocation", func(v *enforcement.View) bool {
 			k, ok := v.APIKey(keyRID)
 			return ok && !k.RevokedAt.IsZero()
-		}, func() uint64 { return id.revokeAPIKey(t, "acme", keyRID) })
+		}, func() { id.revokeAPIKey(t, "acme", keyRID) })
 		for _, fe := range fronts {
 			if r := fe.do("X-API-Key", keyR); r.Status != http.StatusUnauthorized {
 				t.Fatalf("%s accepted a revoked key: %s", fe.name, r)
@@ -198,7 +198,7 @@ func TestEdgesInProcess(t *testing.T) {
 		measure(t, "tenant suspension", func(v *enforcement.View) bool {
 			tn, ok := v.Tenant("beta")
 			return ok && tn.Status == fsm.TenantSuspended
-		}, func() uint64 { return id.suspend(t, "beta") })
+		}, func() { id.suspend(t, "beta") })
 		for _, fe := range fronts {
 			if r := fe.do("X-API-Key", keyB); r.Status != http.StatusForbidden {
 				t.Fatalf("%s served a suspended tenant: %s", fe.name, r)
@@ -216,7 +216,7 @@ func TestEdgesInProcess(t *testing.T) {
 		addr := mustAddr(t, client)
 		measure(t, "global IP block", func(v *enforcement.View) bool {
 			return !v.IPFilter().Check("", addr).Allowed
-		}, func() uint64 { return id.blockCIDR(t, "", "203.0.113.0/24") })
+		}, func() { id.blockCIDR(t, "", "203.0.113.0/24") })
 		for _, fe := range fronts {
 			if r := fe.do("X-API-Key", keyA, "X-Forwarded-For", client); r.Status != http.StatusForbidden {
 				t.Fatalf("%s served a blocked address: %s", fe.name, r)
