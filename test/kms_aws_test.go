@@ -189,7 +189,9 @@ func TestKMSRemoteBackendDownAtStart(t *testing.T) {
 		t.Fatalf("creating an aws key with the backend down: %s, want 503", r)
 	}
 	var body struct{ Error struct{ Message string } }
-	_ = json.Unmarshal(r.body, &body)
+	if err := json.Unmarshal(r.body, &body); err != nil {
+		t.Fatalf("creating an aws key with the backend down: %v (%s)", err, r)
+	}
 	if strings.Contains(body.Error.Message, "127.0.0.1") {
 		t.Fatalf("the backend's address leaked into the answer: %s", r)
 	}
