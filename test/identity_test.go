@@ -107,10 +107,10 @@ type reply struct {
 func (r reply) String() string { return fmt.Sprintf("%d %s", r.status, bytes.TrimSpace(r.body)) }
 
 // call sends a request to node (index into nodes) with a fresh request id.
-// call sends a request. A server that answers 503 not_leader (no leader for
-// the moment: an election is under way, which a loaded 2-core machine can
-// cause) is asked again, as the error tells clients to, for up to 15 s; no
-// request of the suite expects that answer.
+// A server that answers 503 not_leader (no leader for the moment: an
+// election is under way, which a loaded 2-core machine can cause) is asked
+// again, as the error tells clients to, for up to 15 s; no request of the
+// suite expects that answer.
 func (e *idEnv) call(node int, method, path string, c cred, body any) reply {
 	e.t.Helper()
 	deadline := time.Now().Add(scaled(15 * time.Second))
