@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -49,10 +50,12 @@ func TestEdgeEndpointsNeedTheJoinToken(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := make([]byte, 4096)
-			nb, _ := resp.Body.Read(b)
+			b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
-			body := string(b[:nb])
+			if err != nil {
+				t.Fatalf("%s %s with token %q: reading the answer: %v", method, path, tok, err)
+			}
+			body := string(b)
 			if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, `"unauthenticated"`) ||
 				strings.Contains(body, "snapshot") || strings.Contains(body, "hello") {
 				t.Fatalf("%s %s with token %q: %d %s", method, path, tok, resp.StatusCode, body)
