@@ -1,6 +1,0 @@
-//go:build !race
-
-package test
-
-// threatRace stretches the threat tests' waits under the race detector.
-const threatRace = false
