@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 // benchRules makes n rules: half global blocks spread over the whole address
@@ -251,13 +253,13 @@ func BenchmarkRequestID(b *testing.B) {
 }
 
 func BenchmarkDemandRecord(b *testing.B) {
-	m := NewDemandMeter(nil, 0)
+	m := tally.New()
 	keys := make([]string, 1000)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("tenant-%04d", i)
 	}
 	b.ResetTimer()
 	for i := range b.N {
-		m.Record(keys[i%len(keys)], 1)
+		m.Record(keys[i%len(keys)], 1, true)
 	}
 }

@@ -25,7 +25,10 @@
 //     changes, idle eviction, and the X-RateLimit-* / Retry-After headers.
 //   - DemandMeter, PeerTable, ComputeShare, FleetShares (fleetshare.go): a
 //     tenant's limit enforced fleet-wide by giving each edge a share of it in
-//     proportion to the demand it sees, gossiped between edges.
+//     proportion to the demand it sees, gossiped between edges. The demand
+//     is read from the edge's internal/tally.Meter, which the pipeline
+//     records each rate-limited request into once; the usage reports for the
+//     servers' adaptive limits (threat.UsageMeter) read the same counts.
 //   - SecurityHeaders, CORS, RequestID (headers.go): response hardening.
 //   - Clock / ManualClock (clock.go): every time-based piece takes a clock, so
 //     tests and simulations run on simulated time.

@@ -22,6 +22,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 // Config is everything an Edge needs. The command line (allsource edge)
@@ -63,9 +65,6 @@ type Config struct {
 	AuditFlushInterval time.Duration
 	AuditSpoolBytes    int64
 	TokenCacheSize     int
-	// Usage, when set, counts per-tenant demand and admissions (see
-	// PipelineConfig.Usage).
-	Usage UsageRecorder
 	// OnView, when set, is called after each new view is published (tests
 	// and embedding services that want to know when a change arrived).
 	OnView  func(*View)
@@ -85,6 +84,7 @@ type Edge struct {
 	replica   *Replica
 	shipper   *Shipper
 	fleet     *Fleet
+	counts    *tally.Meter
 	httpc     *http.Client
 	reg       *prometheus.Registry
 
@@ -143,7 +143,8 @@ func New(cfg Config) (*Edge, error) {
 		return nil, err
 	}
 	buckets := NewBuckets(BucketsConfig{Clock: cfg.Clock})
-	e.fleet = NewFleet(cfg.NodeID, cfg.Fleet, cfg.Clock, buckets, e.budget)
+	e.counts = tally.New()
+	e.fleet = NewFleet(cfg.NodeID, cfg.Fleet, cfg.Clock, e.counts, buckets, e.budget)
 	spoolDir := ""
 	if cfg.DataDir != "" {
 		spoolDir = filepath.Join(cfg.DataDir, "audit-spool")
@@ -155,7 +156,7 @@ func New(cfg Config) (*Edge, error) {
 	}
 	e.pipeline = NewPipeline(PipelineConfig{Clock: cfg.Clock, Resolver: resolver, Routes: cfg.Routes,
 		Issuer: cfg.Issuer, Audience: cfg.Audience, Leeway: cfg.Leeway, DevMode: cfg.DevMode,
-		TokenCacheSize: cfg.TokenCacheSize, Buckets: buckets, Demand: e.fleet.Meter(), Audit: e.shipper, Usage: cfg.Usage,
+		TokenCacheSize: cfg.TokenCacheSize, Buckets: buckets, Counts: e.counts, Audit: e.shipper,
 		MaxStaleness: cfg.MaxStaleness, Staleness: func() time.Duration { return e.replica.Staleness() }})
 	e.httpc = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		Proxy:           nil,
@@ -184,6 +185,11 @@ func (e *Edge) Replica() *Replica { return e.replica }
 
 // Shipper returns the audit shipper.
 func (e *Edge) Shipper() *Shipper { return e.shipper }
+
+// Counts returns the per-tenant request counts the pipeline records (once
+// per rate-limited request); fleet limiting reads them, and so can a usage
+// reporter (threat.NewUsageMeter).
+func (e *Edge) Counts() *tally.Meter { return e.counts }
 
 // Fleet returns the fleet rate-limit coordinator.
 func (e *Edge) Fleet() *Fleet { return e.fleet }
@@ -234,6 +240,7 @@ func (e *Edge) housekeeping(ctx context.Context) {
 			e.replica.Expire()
 		case <-evict.C:
 			e.pipeline.Buckets().EvictIdle()
+			e.counts.Retain(e.hasTenant)
 		}
 	}
 }
@@ -257,6 +264,16 @@ func (e *Edge) publish(v *View) {
 	if e.cfg.OnView != nil {
 		e.cfg.OnView(v)
 	}
+}
+
+// hasTenant reports whether tenant is in the current view.
+func (e *Edge) hasTenant(tenant string) bool {
+	v := e.pipeline.View()
+	if v == nil {
+		return false
+	}
+	_, ok := v.tenants.get(tenant)
+	return ok
 }
 
 // budget is a tenant's fleet-wide budget in tokens per second.

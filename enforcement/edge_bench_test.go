@@ -21,7 +21,7 @@ import (
 
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
-	"github.com/allsource/guard/threat"
+	"github.com/allsource/guard/internal/tally"
 )
 
 // Edge decision benchmarks (DESIGN.md §9: median ≤ 3 µs, p99 ≤ 20 µs,
@@ -55,8 +55,9 @@ func benchPipeline(b *testing.B) (*fixture, *Pipeline) {
 		}
 	}
 	f.view = b2.build(20)
-	// The usage meter too: every production edge (internal/edge) sets one.
-	p := NewPipeline(PipelineConfig{Audit: sh, Demand: NewDemandMeter(nil, 0), Usage: threat.NewUsageMeter()})
+	// The counts both fleet limiting and usage reporting read, as on every
+	// production edge.
+	p := NewPipeline(PipelineConfig{Audit: sh, Counts: tally.New()})
 	p.SetView(f.view)
 	return f, p
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 // Member is one live member of the gossip membership.
@@ -81,19 +83,17 @@ type partialReport struct {
 	demand map[string]float64
 }
 
-// NewFleet returns a fleet coordinator for node. budget gives a tenant's
-// fleet-wide budget in tokens per second (≤ 0: unknown).
-func NewFleet(node string, cfg FleetConfig, clock Clock, buckets *Buckets, budget func(string) float64) *Fleet {
+// NewFleet returns a fleet coordinator for node that reads this edge's
+// demand from counts. budget gives a tenant's fleet-wide budget in tokens per
+// second (≤ 0: unknown).
+func NewFleet(node string, cfg FleetConfig, clock Clock, counts *tally.Meter, buckets *Buckets, budget func(string) float64) *Fleet {
 	cfg = cfg.withDefaults()
 	if clock == nil {
 		clock = SystemClock
 	}
-	return &Fleet{node: node, cfg: cfg, meter: NewDemandMeter(clock, cfg.Tau), peers: NewPeerTable(clock, cfg.StaleAfter),
+	return &Fleet{node: node, cfg: cfg, meter: NewDemandMeter(counts, clock, cfg.Tau), peers: NewPeerTable(clock, cfg.StaleAfter),
 		buckets: buckets, budget: budget, partial: map[string]*partialReport{}, shared: map[string]bool{}}
 }
-
-// Meter is the demand meter the pipeline records into.
-func (f *Fleet) Meter() *DemandMeter { return f.meter }
 
 // SetMembership installs the gossip membership (nil: a lone edge).
 func (f *Fleet) SetMembership(m Membership) { f.members.Store(&membershipBox{m: m}) }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 func TestDemandReportEncoding(t *testing.T) {
@@ -89,15 +91,16 @@ func TestFleetSharesFollowDemand(t *testing.T) {
 	type edge struct {
 		f *Fleet
 		b *Buckets
+		c *tally.Meter
 	}
 	var edges []edge
 	for i := range 3 {
-		b := NewBuckets(BucketsConfig{Clock: clock})
-		f := NewFleet(fmt.Sprintf("e%d", i), FleetConfig{Interval: 250 * time.Millisecond}, clock, b,
+		b, c := NewBuckets(BucketsConfig{Clock: clock}), tally.New()
+		f := NewFleet(fmt.Sprintf("e%d", i), FleetConfig{Interval: 250 * time.Millisecond}, clock, c, b,
 			func(string) float64 { return rpm / 60.0 })
 		net.nodes[f.node] = f
 		f.SetMembership(memMember{net: net, self: f.node})
-		edges = append(edges, edge{f, b})
+		edges = append(edges, edge{f, b, c})
 	}
 	weights := []int{16, 3, 1} // 80%, 15%, 5% of 20 requests per 10 ms step
 	admitted, offered := 0, 0
@@ -106,8 +109,8 @@ func TestFleetSharesFollowDemand(t *testing.T) {
 	for el := time.Duration(0); el < warm+measure; el += step {
 		for i, e := range edges {
 			for range weights[i] {
-				e.f.Meter().Record("acme", 1)
 				ok := e.b.Allow("acme", lim, 1).Allowed
+				e.c.Record("acme", 1, ok)
 				if el >= warm {
 					offered++
 					if ok {
@@ -139,8 +142,9 @@ func TestFleetSharesFollowDemand(t *testing.T) {
 func TestFleetLoneEdgeGetsTheWholeBudget(t *testing.T) {
 	clock := NewManualClock(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
 	b := NewBuckets(BucketsConfig{Clock: clock})
-	f := NewFleet("solo", FleetConfig{}, clock, b, func(string) float64 { return 10 })
-	f.Meter().Record("acme", 5)
+	c := tally.New()
+	f := NewFleet("solo", FleetConfig{}, clock, c, b, func(string) float64 { return 10 })
+	c.Record("acme", 5, true)
 	clock.Advance(250 * time.Millisecond)
 	f.Tick()
 	if s, ok := b.Share("acme"); !ok || s != 1 {

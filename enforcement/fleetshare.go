@@ -1,12 +1,13 @@
 package enforcement
 
 import (
-	"hash/maphash"
+	"maps"
 	"math"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 // Fleet-wide rate limits (DESIGN §5): a tenant's limit is for the whole fleet,
@@ -142,105 +143,63 @@ func FleetShares(self map[string]float64, peers []map[string]float64, budget fun
 // DemandMeter measures, per tenant, the exponentially weighted rate of
 // requested cost (tokens per second) — every request's cost, admitted or not.
 //
-// Record is the hot path: a sharded map lookup and one atomic add. Tick, run
-// once per gossip interval, folds what was recorded since the last tick into
-// each tenant's rate with weight 1 − e^(−Δt/τ), so the estimate forgets with
-// time constant τ whatever the tick spacing. A tenant's first tick takes its
-// observed rate as is (no ramp from zero); tenants whose rate decays below
-// 0.001 tokens/s are dropped (a Record racing with the Tick that drops its
-// tenant can be lost; that tenant's estimate was about zero anyway).
+// It reads the edge's tally.Meter, the one the pipeline records each request
+// into (the usage reporter reads the same one), so the hot path costs one
+// lock-free recording for both. Tick, run once per gossip interval, folds
+// what was recorded since the last tick into each tenant's rate with weight
+// 1 − e^(−Δt/τ), so the estimate forgets with time constant τ whatever the
+// tick spacing. A tenant's first tick takes its observed rate as is (no ramp
+// from zero); tenants whose rate decays below 0.001 tokens/s are dropped
+// until they ask again.
 type DemandMeter struct {
-	clock  Clock
-	tau    float64 // seconds
-	seed   maphash.Seed
-	shards [bucketShards]demandShard
+	clock Clock
+	tau   float64 // seconds
 
-	tickMu sync.Mutex
+	mu     sync.Mutex // Tick
+	reader *tally.Reader
+	rates  map[string]float64
 	last   time.Time
 }
 
-type demandShard struct {
-	mu sync.RWMutex
-	m  map[string]*demandCell
-	_  [40]byte
-}
-
-type demandCell struct {
-	pending atomic.Int64
-	rate    float64 // guarded by DemandMeter.tickMu
-	fresh   bool    // no tick yet
-}
-
-// NewDemandMeter returns a meter with time constant tau (default 5 s).
-func NewDemandMeter(clock Clock, tau time.Duration) *DemandMeter {
+// NewDemandMeter returns a meter reading counts, with time constant tau
+// (default 5 s).
+func NewDemandMeter(counts *tally.Meter, clock Clock, tau time.Duration) *DemandMeter {
 	if clock == nil {
 		clock = SystemClock
 	}
 	if tau <= 0 {
 		tau = 5 * time.Second
 	}
-	m := &DemandMeter{clock: clock, tau: tau.Seconds(), seed: maphash.MakeSeed(), last: clock.Now()}
-	for i := range m.shards {
-		m.shards[i].m = make(map[string]*demandCell)
-	}
-	return m
-}
-
-// Record notes that a request for tenant asked for cost tokens.
-func (m *DemandMeter) Record(tenant string, cost int) {
-	if cost < 1 {
-		cost = 1
-	}
-	s := &m.shards[maphash.String(m.seed, tenant)%bucketShards]
-	s.mu.RLock()
-	c := s.m[tenant]
-	s.mu.RUnlock()
-	if c == nil {
-		s.mu.Lock()
-		if c = s.m[tenant]; c == nil {
-			c = &demandCell{fresh: true}
-			s.m[tenant] = c
-		}
-		s.mu.Unlock()
-	}
-	c.pending.Add(int64(cost))
+	return &DemandMeter{clock: clock, tau: tau.Seconds(), reader: counts.NewReader(), rates: map[string]float64{}, last: clock.Now()}
 }
 
 // Tick folds the demand recorded since the last tick into the rates and
 // returns them (tenant → tokens per second). A tick less than a millisecond
 // after the previous one only returns the current rates.
 func (m *DemandMeter) Tick() map[string]float64 {
-	m.tickMu.Lock()
-	defer m.tickMu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	now := m.clock.Now()
-	dt := now.Sub(m.last).Seconds()
-	fold := dt >= 1e-3
-	if fold {
+	if dt := now.Sub(m.last).Seconds(); dt >= 1e-3 {
 		m.last = now
-	}
-	alpha := 1 - math.Exp(-dt/m.tau)
-	out := make(map[string]float64)
-	for i := range m.shards {
-		s := &m.shards[i]
-		s.mu.Lock()
-		for t, c := range s.m {
-			if fold {
-				inst := float64(c.pending.Swap(0)) / dt
-				if c.fresh {
-					c.rate, c.fresh = inst, false
-				} else {
-					c.rate += alpha * (inst - c.rate)
-				}
-				if c.rate < 1e-3 && c.pending.Load() == 0 {
-					delete(s.m, t)
-					continue
-				}
+		alpha := 1 - math.Exp(-dt/m.tau)
+		got := m.reader.Take()
+		for t, r := range m.rates { // known tenants move toward what they asked for
+			r += alpha * (float64(got[t].Demand)/dt - r)
+			delete(got, t)
+			if r < 1e-3 {
+				delete(m.rates, t)
+			} else {
+				m.rates[t] = r
 			}
-			out[t] = c.rate
 		}
-		s.mu.Unlock()
+		for t, c := range got { // new ones start at it
+			if inst := float64(c.Demand) / dt; inst >= 1e-3 {
+				m.rates[t] = inst
+			}
+		}
 	}
-	return out
+	return maps.Clone(m.rates)
 }
 
 // PeerTable keeps the latest demand report of each peer edge.

@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 func near(a, b, tol float64) bool { return math.Abs(a-b) <= tol }
@@ -108,10 +110,11 @@ func TestFleetShares(t *testing.T) {
 
 func TestDemandMeter(t *testing.T) {
 	c := NewManualClock(epoch)
-	m := NewDemandMeter(c, 5*time.Second)
+	counts := tally.New()
+	m := NewDemandMeter(counts, c, 5*time.Second)
 	// 10 tokens/s for a second: the first tick takes the observed rate.
 	for range 10 {
-		m.Record("acme", 1)
+		counts.Record("acme", 1, true)
 	}
 	c.Advance(time.Second)
 	if r := m.Tick()["acme"]; !near(r, 10, 1e-9) {
@@ -120,7 +123,7 @@ func TestDemandMeter(t *testing.T) {
 	// Rate doubles (costs count, not requests): the estimate moves toward 20
 	// with weight 1 − e^(−1/5).
 	for range 10 {
-		m.Record("acme", 2)
+		counts.Record("acme", 2, true)
 	}
 	c.Advance(time.Second)
 	want := 10 + (1-math.Exp(-0.2))*10
@@ -128,22 +131,23 @@ func TestDemandMeter(t *testing.T) {
 		t.Fatalf("second tick: %v, want %v", r, want)
 	}
 	// Irregular ticks: one 5 s gap at 20/s equals five 1 s ticks.
-	m2 := NewDemandMeter(c, 5*time.Second)
-	m3 := NewDemandMeter(c, 5*time.Second)
-	m2.Record("x", 1)
-	m3.Record("x", 1)
+	counts2, counts3 := tally.New(), tally.New()
+	m2 := NewDemandMeter(counts2, c, 5*time.Second)
+	m3 := NewDemandMeter(counts3, c, 5*time.Second)
+	counts2.Record("x", 1, true)
+	counts3.Record("x", 1, true)
 	c.Advance(time.Second)
 	m2.Tick()
 	m3.Tick()
 	for range 5 {
 		for range 20 {
-			m2.Record("x", 1)
+			counts2.Record("x", 1, true)
 		}
 		c.Advance(time.Second)
 		m2.Tick()
 	}
 	for range 100 {
-		m3.Record("x", 1)
+		counts3.Record("x", 1, true)
 	}
 	// m3 had no tick for 5 s; fold it once now.
 	r3 := m3.Tick()["x"]
@@ -194,6 +198,7 @@ func TestPeerTable(t *testing.T) {
 type simEdge struct {
 	name     string
 	buckets  *Buckets
+	counts   *tally.Meter
 	meter    *DemandMeter
 	peers    *PeerTable
 	seq      uint64
@@ -222,7 +227,8 @@ func simulate(t *testing.T, n int, lim Limit, arrivalsPerSec float64, d time.Dur
 	for i := range edges {
 		e := &simEdge{name: fmt.Sprintf("edge-%d", i)}
 		e.buckets = NewBuckets(BucketsConfig{Clock: clock})
-		e.meter = NewDemandMeter(clock, 5*time.Second)
+		e.counts = tally.New()
+		e.meter = NewDemandMeter(e.counts, clock, 5*time.Second)
 		e.peers = NewPeerTable(clock, 3*time.Second)
 		if fleet {
 			// Membership is known before any demand: split evenly.
@@ -290,10 +296,11 @@ func simulate(t *testing.T, n int, lim Limit, arrivalsPerSec float64, d time.Dur
 		}
 		e := edges[i]
 		e.arrived++
+		ok := e.buckets.Allow(tenant, lim, 1).Allowed
 		if fleet {
-			e.meter.Record(tenant, 1)
+			e.counts.Record(tenant, 1, ok)
 		}
-		if e.buckets.Allow(tenant, lim, 1).Allowed {
+		if ok {
 			e.admitted++
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/internal/tally"
 )
 
 // The decision pipeline: one implementation behind the three front ends
@@ -38,11 +39,6 @@ type AuditSink interface {
 	KeyUsed(id string, at time.Time)
 }
 
-// UsageRecorder takes per-tenant usage on the hot path (must not block).
-type UsageRecorder interface {
-	Record(tenant string, cost int, admitted bool)
-}
-
 // PipelineConfig configures a Pipeline.
 type PipelineConfig struct {
 	Clock    Clock
@@ -58,11 +54,12 @@ type PipelineConfig struct {
 	// TokenCacheSize bounds the verified-token cache (default 65536).
 	TokenCacheSize int
 	Buckets        *Buckets
-	Demand         *DemandMeter // nil: no fleet demand measured
-	Audit          AuditSink    // nil: events are dropped
-	// Usage, when set, counts every rate-limited request's cost per tenant,
-	// admitted or not (the servers' adaptive limiter reads these reports).
-	Usage UsageRecorder
+	Audit          AuditSink // nil: events are dropped
+	// Counts, when set, takes every rate-limited request's cost per tenant,
+	// admitted or not, once: fleet limiting (DemandMeter) and the usage
+	// reports for the servers' adaptive limiter (threat.UsageMeter) both
+	// read it.
+	Counts *tally.Meter
 	// MaxStaleness > 0 denies every request (503) once the view has not been
 	// confirmed by a server for that long; Staleness reports how long it has
 	// been (nil: always fresh).
@@ -252,12 +249,9 @@ func (p *Pipeline) Decide(r *Request) Decision {
 		if c, ok := ts.limit.RouteCosts[class]; ok && c > 0 {
 			cost = c
 		}
-		if p.cfg.Demand != nil {
-			p.cfg.Demand.Record(id.Tenant, cost)
-		}
 		d.Rate = p.cfg.Buckets.Allow(id.Tenant, Limit{RequestsPerMinute: ts.limit.RequestsPerMinute, Burst: ts.limit.Burst}, cost)
-		if p.cfg.Usage != nil {
-			p.cfg.Usage.Record(id.Tenant, cost, d.Rate.Allowed)
+		if p.cfg.Counts != nil {
+			p.cfg.Counts.Record(id.Tenant, cost, d.Rate.Allowed)
 		}
 		if !d.Rate.Allowed {
 			return p.deny(d, r, now, http.StatusTooManyRequests, CodeRateLimited, "rate limit exceeded; retry later", id.Tenant, fsm.ActionRateLimitExceeded, "rate_limit")

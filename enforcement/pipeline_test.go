@@ -8,6 +8,7 @@ import (
 
 	"github.com/allsource/guard/auth"
 	"github.com/allsource/guard/fsm"
+	"github.com/allsource/guard/internal/tally"
 )
 
 func expect(t *testing.T, d Decision, status int, code string) {
@@ -232,6 +233,28 @@ func TestPipelineRateLimit(t *testing.T) {
 	}
 	if limited != 1 {
 		t.Fatalf("rate-limit hits audited: %d", limited)
+	}
+}
+
+// One recording per rate-limited request feeds both of its readers: fleet
+// limiting's demand (every request, admitted or not) and the usage reports
+// (requested and admitted cost).
+func TestPipelineCountsEachRequestOnceForFleetAndUsage(t *testing.T) {
+	f := newFixture(t)
+	counts := tally.New()
+	p, _ := f.pipeline(func(c *PipelineConfig) { c.Counts = counts })
+	demand := NewDemandMeter(counts, f.clock, 5*time.Second)
+	usage := counts.NewReader()
+	for range 12 { // burst 10: ten admitted, two denied
+		p.Decide(req("GET", "/", "198.51.100.7:1", "X-API-Key", f.key))
+	}
+	p.Decide(req("GET", "/", "198.51.100.7:1", "X-API-Key", "as_bogus")) // unauthenticated: not metered
+	f.clock.Advance(time.Second)
+	if r := demand.Tick(); len(r) != 1 || !near(r["acme"], 12, 1e-9) {
+		t.Fatalf("fleet demand %v, want acme at 12 tokens/s", r)
+	}
+	if u := usage.Take(); len(u) != 1 || u["acme"] != (tally.Counts{Demand: 12, Admitted: 10}) {
+		t.Fatalf("usage %+v, want acme demand 12 admitted 10", u)
 	}
 }
 

@@ -10,59 +10,40 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
 // UsagePath is the server endpoint edges post UsageReports to (join token in
 // X-Allsource-Join-Token; followers forward it to the leader).
 const UsagePath = "/v1/internal/usage"
 
-// UsageMeter counts, per tenant, the requests (in cost units) an edge was
-// asked for and the ones it admitted. Record is the hot path: lock-free once
-// the tenant has a cell (a map load and one or two atomic adds).
+// UsageMeter reads, per tenant, the requests (in cost units) an edge was
+// asked for and the ones it admitted from the edge's tally.Meter, which the
+// decision pipeline records into once per request (fleet limiting reads the
+// same counts).
 type UsageMeter struct {
-	cells sync.Map // tenant → *usageCell
+	mu     sync.Mutex
+	reader *tally.Reader
 }
 
-type usageCell struct {
-	demand, admitted atomic.Uint64
+// NewUsageMeter returns a meter reading counts; its first Take has
+// everything recorded so far.
+func NewUsageMeter(counts *tally.Meter) *UsageMeter {
+	return &UsageMeter{reader: counts.NewReader()}
 }
 
-// NewUsageMeter returns an empty meter.
-func NewUsageMeter() *UsageMeter { return &UsageMeter{} }
-
-// Record notes one request for tenant costing cost tokens, admitted or not.
-func (m *UsageMeter) Record(tenant string, cost int, admitted bool) {
-	if cost < 1 {
-		cost = 1
-	}
-	v, ok := m.cells.Load(tenant)
-	if !ok {
-		v, _ = m.cells.LoadOrStore(tenant, &usageCell{})
-	}
-	c := v.(*usageCell)
-	c.demand.Add(uint64(cost))
-	if admitted {
-		c.admitted.Add(uint64(cost))
-	}
-}
-
-// Take returns the counts since the previous Take and starts again. Tenants
-// without requests since are dropped from the meter (a Record racing with
-// that drop can be lost: the tenant was idle for a whole interval).
+// Take returns the counts since the previous Take (tenants without requests
+// since are left out).
 func (m *UsageMeter) Take() map[string]TenantUsage {
-	out := map[string]TenantUsage{}
-	m.cells.Range(func(k, v any) bool {
-		c := v.(*usageCell)
-		d, a := c.demand.Swap(0), c.admitted.Swap(0)
-		if d == 0 {
-			m.cells.CompareAndDelete(k, v)
-			return true
-		}
-		out[k.(string)] = TenantUsage{Demand: float64(d), Admitted: float64(min(a, d))}
-		return true
-	})
+	m.mu.Lock()
+	got := m.reader.Take()
+	m.mu.Unlock()
+	out := make(map[string]TenantUsage, len(got))
+	for t, c := range got {
+		out[t] = TenantUsage{Demand: float64(c.Demand), Admitted: float64(c.Admitted)}
+	}
 	return out
 }
 

@@ -1,42 +1,32 @@
 package threat
 
 import (
-	"sync"
 	"testing"
+
+	"github.com/allsource/guard/internal/tally"
 )
 
-func TestUsageMeterCountsAndForgetsIdleTenants(t *testing.T) {
-	m := NewUsageMeter()
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 1000 {
-				m.Record("t1", 2, i%2 == 0)
-				m.Record("t2", 0, true) // cost below 1 counts as 1
-			}
-		}()
-	}
-	wg.Wait()
+func TestUsageMeterTakesWhatThePipelineRecorded(t *testing.T) {
+	counts := tally.New()
+	counts.Record("t1", 2, true)
+	m := NewUsageMeter(counts) // a meter made late still reports what came before
+	counts.Record("t1", 2, false)
+	counts.Record("t2", 0, true) // cost below 1 counts as 1
 	got := m.Take()
-	if u := got["t1"]; u.Demand != 8000 || u.Admitted != 4000 {
-		t.Fatalf("t1 %+v, want demand 8000 admitted 4000", u)
+	if u := got["t1"]; u != (TenantUsage{Demand: 4, Admitted: 2}) {
+		t.Fatalf("t1 %+v, want demand 4 admitted 2", u)
 	}
-	if u := got["t2"]; u.Demand != 4000 || u.Admitted != 4000 {
-		t.Fatalf("t2 %+v, want demand 4000 admitted 4000", u)
+	if u := got["t2"]; u != (TenantUsage{Demand: 1, Admitted: 1}) {
+		t.Fatalf("t2 %+v, want demand 1 admitted 1", u)
 	}
-	m.Record("t1", 1, false)
-	got = m.Take()
-	if len(got) != 1 || got["t1"].Demand != 1 || got["t1"].Admitted != 0 {
+	// Another reader of the same counts (fleet limiting) does not take
+	// this meter's counts away.
+	counts.NewReader().Take()
+	counts.Record("t1", 1, false)
+	if got = m.Take(); len(got) != 1 || got["t1"] != (TenantUsage{Demand: 1}) {
 		t.Fatalf("second take %+v, want only t1 with demand 1", got)
 	}
 	if got = m.Take(); len(got) != 0 {
 		t.Fatalf("idle take %+v, want empty", got)
-	}
-	n := 0
-	m.cells.Range(func(any, any) bool { n++; return true })
-	if n != 0 {
-		t.Fatalf("%d idle tenants still held", n)
 	}
 }

@@ -201,8 +201,7 @@ func Start(cfg Config, log *slog.Logger) (*Edge, error) {
 			AllowedMethods: []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"},
 			ExposedHeaders: []string{"X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"}}
 	}
-	usage := threat.NewUsageMeter()
-	e, err := enforcement.New(enforcement.Config{NodeID: cfg.NodeID, Usage: usage, DataDir: cfg.DataDir, JoinToken: cfg.JoinToken,
+	e, err := enforcement.New(enforcement.Config{NodeID: cfg.NodeID, DataDir: cfg.DataDir, JoinToken: cfg.JoinToken,
 		Servers: cfg.Join, Scheme: scheme, ClientTLS: clientTLS, Upstream: cfg.upstream, CheckPath: cfg.CheckPath,
 		MaxStaleness: cfg.MaxStaleness, TrustedProxies: cfg.trusted, Routes: cfg.routes, Issuer: cfg.Issuer,
 		Audience: cfg.Audience, DevMode: cfg.Dev, CORS: cors, Fleet: cfg.Fleet, AuditFlushInterval: cfg.AuditFlushInterval,
@@ -213,7 +212,7 @@ func Start(cfg Config, log *slog.Logger) (*Edge, error) {
 	// Usage reports for the servers' adaptive rate limits (DESIGN.md §7), built
 	// before anything that would need undoing if it failed.
 	cpu := &threat.CPUSampler{}
-	rep, err := threat.NewUsageReporter(threat.UsageReporterConfig{Edge: cfg.NodeID, Meter: usage, Servers: e.ServerURLs,
+	rep, err := threat.NewUsageReporter(threat.UsageReporterConfig{Edge: cfg.NodeID, Meter: threat.NewUsageMeter(e.Counts()), Servers: e.ServerURLs,
 		JoinToken: cfg.JoinToken, Interval: cfg.UsageInterval, Client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS}},
 		Load: func() threat.Load { return threat.Load{CPU: cpu.Sample()} }, Logger: log})
 	if err != nil {
