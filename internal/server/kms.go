@@ -206,13 +206,16 @@ func (r *remoteProvider) ApplyPolicy(ctx context.Context, rec *kms.KeyRecord) er
 	return p.ApplyPolicy(ctx, rec)
 }
 
+// Close closes the backend if it was opened; a second Close does nothing.
 func (r *remoteProvider) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.p == nil {
 		return nil
 	}
-	return r.p.Close()
+	err := r.p.Close()
+	r.p, r.openErr = nil, errors.New("closed")
+	return err
 }
 
 func (r *remoteProvider) statusNow() api.KMSBackendStatus {
@@ -304,15 +307,21 @@ type kmsParts struct {
 
 // startKMS builds the keyring over the replicated store and mounts the KMS
 // endpoints. local is the local provider the identity layer uses too.
-func (p *Server) startKMS(ctx context.Context, local kms.Provider) error {
+//
+// The remote backend belongs to startKMS until the keyring holds it (then
+// stopKMS closes it with the keyring): every error in between closes it, and
+// its background checker starts only once nothing can fail any more.
+func (p *Server) startKMS(ctx context.Context, local kms.Provider) (err error) {
 	st := p.cfg.KMS
 	providers := []kms.Provider{local}
 	def := "local"
+	var r *remoteProvider
+	var settings map[string]string
 	if st.Backend != "" && st.Backend != "local" {
-		settings := st.providerSettings()
+		settings = st.providerSettings()
 		// Configuration mistakes (unknown settings, a missing region) stop
 		// the start; an unreachable backend does not.
-		r := &remoteProvider{name: st.Backend}
+		r = &remoteProvider{name: st.Backend}
 		r.setStatus(errors.New("not checked yet"), time.Time{})
 		// Opening does not contact vault or aws (pkcs11 loads its module):
 		// a failure here is a configuration mistake unless it says the
@@ -323,29 +332,34 @@ func (p *Server) startKMS(ctx context.Context, local kms.Provider) error {
 			}
 			r.setStatus(err, time.Now())
 		}
+		defer func() {
+			if err != nil {
+				_ = r.Close()
+			}
+		}()
+		providers = append(providers, r)
+		def = st.Backend
+	}
+	store := api.NewKMSKeyStore(p.fsm, p.node)
+	kr, err := kms.NewKeyring(kms.KeyringConfig{Store: store, Providers: providers, DefaultBackend: def, Clock: st.Clock})
+	if err != nil {
+		return err
+	}
+	p.kms.store, p.kms.keyring, p.kms.remote = store, kr, r
+	p.kmsStore.Store(store)
+	p.kms.done = make(chan struct{})
+	if r != nil {
 		every := st.CheckEvery
 		if every <= 0 {
 			every = 30 * time.Second
 		}
-		p.kms.done = make(chan struct{})
 		go func() {
 			defer close(p.kms.done)
 			r.run(ctx, settings, every, p.log)
 		}()
-		p.kms.remote = r
-		providers = append(providers, r)
-		def = st.Backend
 	} else {
-		p.kms.done = make(chan struct{})
 		close(p.kms.done)
 	}
-	p.kms.store = api.NewKMSKeyStore(p.fsm, p.node)
-	p.kmsStore.Store(p.kms.store)
-	kr, err := kms.NewKeyring(kms.KeyringConfig{Store: p.kms.store, Providers: providers, DefaultBackend: def, Clock: st.Clock})
-	if err != nil {
-		return err
-	}
-	p.kms.keyring = kr
 	enc := kms.NewEncryptor(kr, kms.EncryptorConfig{})
 	p.api.EnableKMS(api.KMSConfig{Keyring: kr, Encryptor: enc, DefaultBackend: def, RotationCheck: st.RotationCheck,
 		Clock: st.Clock, Status: p.kmsStatus})
