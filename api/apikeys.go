@@ -85,7 +85,7 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request, p fsm.Prin
 	}
 	pep := id.cfg.Secrets.Pepper()
 	if pep == nil {
-		s.writeError(w, r, errNoSecrets)
+		s.writeError(w, r, ErrNoSecrets)
 		return
 	}
 	raw, key, err := auth.NewAPIKey(nil)

@@ -99,11 +99,11 @@ func (s *Server) authAPIKey(r *http.Request, tok string) (authResult, error) {
 		return authResult{}, s.authFailed(r, "", fsm.Actor{Kind: fsm.PrincipalAPIKey}, "malformed API key", errBadCredential)
 	}
 	if s.id == nil {
-		return authResult{}, errNoSecrets
+		return authResult{}, ErrNoSecrets
 	}
 	pep := s.id.cfg.Secrets.Pepper()
 	if pep == nil {
-		return authResult{}, errNoSecrets
+		return authResult{}, ErrNoSecrets
 	}
 	var rec *fsm.APIKey
 	var ten *fsm.Tenant
@@ -137,11 +137,11 @@ func (s *Server) authAPIKey(r *http.Request, tok string) (authResult, error) {
 
 func (s *Server) verifyAccessToken(tok string) (auth.Claims, error) {
 	if s.id == nil {
-		return auth.Claims{}, errNoSecrets
+		return auth.Claims{}, ErrNoSecrets
 	}
 	ks, _ := s.id.cfg.Secrets.SigningKeys()
 	if ks == nil {
-		return auth.Claims{}, errNoSecrets
+		return auth.Claims{}, ErrNoSecrets
 	}
 	return auth.Verify(tok, ks, auth.VerifyOptions{Issuer: s.id.cfg.Issuer, Audience: s.id.cfg.Audience,
 		Now: s.cfg.Now(), Leeway: s.id.cfg.Leeway})
@@ -150,7 +150,7 @@ func (s *Server) verifyAccessToken(tok string) (auth.Claims, error) {
 func (s *Server) authJWT(r *http.Request, tok string) (authResult, error) {
 	c, err := s.verifyAccessToken(tok)
 	if err != nil {
-		if err == errNoSecrets {
+		if err == ErrNoSecrets {
 			return authResult{}, err
 		}
 		return authResult{}, s.authFailed(r, "", fsm.Actor{Kind: fsm.PrincipalUser}, err.Error(), errBadCredential)

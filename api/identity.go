@@ -111,7 +111,11 @@ type identity struct {
 	done  chan struct{}
 }
 
-var errNoSecrets = apiErr(http.StatusServiceUnavailable, CodeUnavailable, "the server's key material is not loaded yet; retry shortly")
+// ErrNoSecrets answers 503 unavailable while the server's key material
+// (pepper, signing keys, the internal KMS key) is not loaded yet, as after a
+// start; Secrets implementations return it then, so a request that needs it
+// is told to retry instead of getting an internal error.
+var ErrNoSecrets = apiErr(http.StatusServiceUnavailable, CodeUnavailable, "the server's key material is not loaded yet; retry shortly")
 
 // EnableIdentity turns on users, logins, tokens, API keys, IP rules and
 // signing-key rotation, and starts the background work (audit batcher, key-use

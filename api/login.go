@@ -73,7 +73,7 @@ func DecodeLoginRequest(rd io.Reader) (LoginRequest, error) {
 
 func (s *Server) identityReady() (*identity, error) {
 	if s.id == nil || s.id.cfg.Hasher == nil {
-		return nil, errNoSecrets
+		return nil, ErrNoSecrets
 	}
 	return s.id, nil
 }
@@ -162,7 +162,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	pep := id.cfg.Secrets.Pepper()
 	if pep == nil {
-		s.writeError(w, r, errNoSecrets)
+		s.writeError(w, r, ErrNoSecrets)
 		return
 	}
 	rawRefresh, rt, err := auth.NewRefreshFamily(nil)
@@ -205,7 +205,7 @@ func (s *Server) issueTokens(w http.ResponseWriter, r *http.Request, u *fsm.User
 	id := s.id
 	_, key := id.cfg.Secrets.SigningKeys()
 	if key == nil {
-		s.writeError(w, r, errNoSecrets)
+		s.writeError(w, r, ErrNoSecrets)
 		return
 	}
 	now := s.cfg.Now().Truncate(time.Second)
@@ -257,7 +257,7 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) {
 	}
 	pep := id.cfg.Secrets.Pepper()
 	if pep == nil {
-		s.writeError(w, r, errNoSecrets)
+		s.writeError(w, r, ErrNoSecrets)
 		return
 	}
 	rawNext, next, err := auth.NewRefreshToken(nil, rt.Family)

@@ -40,7 +40,7 @@ func (s *Server) rotateSigningKey(w http.ResponseWriter, r *http.Request, p fsm.
 		return
 	}
 	if s.id == nil {
-		s.writeError(w, r, errNoSecrets)
+		s.writeError(w, r, ErrNoSecrets)
 		return
 	}
 	cmd, err := s.id.cfg.Secrets.NewSigningKey(r.Context())

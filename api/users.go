@@ -272,7 +272,7 @@ func (s *Server) updateUser(w http.ResponseWriter, r *http.Request, p fsm.Princi
 				return
 			}
 			if s.id == nil {
-				s.writeError(w, r, errNoSecrets)
+				s.writeError(w, r, ErrNoSecrets)
 				return
 			}
 			if sealed, err = s.id.cfg.Secrets.Seal(r.Context(), []byte(*req.Email), t, "email"); err != nil {

@@ -49,7 +49,8 @@ func operatorServer(t *testing.T, dir, id, httpAddr string, args []string) (*ser
 }
 
 // cliMust returns a runner of CLI commands that must succeed; the first
-// calls may meet the cluster still electing (503 not_leader) and are retried.
+// calls may meet the cluster still electing (503 not_leader) or its key
+// material not loaded yet (503 unavailable) and are retried.
 func cliMust(t *testing.T, bin string, env []string) func(stdin string, args ...string) string {
 	return func(stdin string, args ...string) string {
 		t.Helper()
@@ -57,7 +58,7 @@ func cliMust(t *testing.T, bin string, env []string) func(stdin string, args ...
 		var err error
 		waitFor(t, 30*time.Second, "allsource "+strings.Join(args, " "), func() bool {
 			out, stderr, err = runBin(bin, stdin, env, args...)
-			return err == nil || !strings.Contains(stderr, "not_leader")
+			return err == nil || !strings.Contains(stderr, "not_leader") && !strings.Contains(stderr, "unavailable (503)")
 		})
 		if err != nil {
 			t.Fatalf("allsource %s: %v: %s", strings.Join(args, " "), err, stderr)

@@ -176,7 +176,7 @@ func (s *secrets) wrapper() (keyWrapper, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.wrap == nil {
-		return nil, errors.New("the internal KMS key is not loaded yet")
+		return nil, api.ErrNoSecrets
 	}
 	return s.wrap, nil
 }

@@ -89,8 +89,6 @@ type threatParts struct {
 // mfaField is the KMS context field of sealed TOTP secrets.
 const mfaField = "mfa_secret"
 
-var errNoPepper = errors.New("the server's pepper is not loaded yet")
-
 // startMFA mounts the MFA endpoints, sealing secrets with the same internal
 // KMS key as e-mail addresses (bound to the tenant and the field).
 func (p *Server) startMFA() {
@@ -105,7 +103,7 @@ func (p *Server) startMFA() {
 			if pp := p.sec.Pepper(); pp != nil {
 				return pp, nil
 			}
-			return nil, errNoPepper
+			return nil, api.ErrNoSecrets
 		},
 	})
 }
