@@ -102,6 +102,20 @@ func show(v any) error {
 	return enc.Encode(v)
 }
 
+// fetch runs one request. With -json it prints the server's answer as it
+// came (shown is true); otherwise it decodes the answer into out for the
+// caller's table, so -json never drops what that table leaves out.
+func (c *client) fetch(method, path string, body, out any) (shown bool, err error) {
+	var raw json.RawMessage
+	if err := c.do(method, path, body, &raw); err != nil {
+		return false, err
+	}
+	if c.asJSON {
+		return true, show(raw)
+	}
+	return false, json.Unmarshal(raw, out)
+}
+
 // table prints rows under a header.
 func table(header []string, rows [][]string) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)

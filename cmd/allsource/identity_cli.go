@@ -173,11 +173,8 @@ func runUser(args []string) error {
 						Disabled, Locked    bool
 					} `json:"users"`
 				}
-				if err := c.do("GET", tpath(t, "/users?limit=1000"), nil, &page); err != nil {
+				if shown, err := c.fetch("GET", tpath(t, "/users?limit=1000"), nil, &page); err != nil || shown {
 					return err
-				}
-				if c.asJSON {
-					return show(page)
 				}
 				rows := [][]string{}
 				for _, u := range page.Users {
@@ -251,11 +248,8 @@ func runKey(args []string) error {
 						ExpiresAt     string `json:"expires_at"`
 					}
 					body := map[string]string{"name": pos[0], "role": *role, "expires_in": *exp}
-					if err := c.do("POST", tpath(t, "/api-keys"), body, &out); err != nil {
+					if shown, err := c.fetch("POST", tpath(t, "/api-keys"), body, &out); err != nil || shown {
 						return err
-					}
-					if c.asJSON {
-						return show(out)
 					}
 					fmt.Println(out.Key)
 					fmt.Fprintf(os.Stderr, "key %s (role %s) — shown once, store it now\n", out.ID, out.Role)
@@ -273,11 +267,8 @@ func runKey(args []string) error {
 						Uses           uint64
 					} `json:"api_keys"`
 				}
-				if err := c.do("GET", tpath(t, "/api-keys?limit=1000"), nil, &page); err != nil {
+				if shown, err := c.fetch("GET", tpath(t, "/api-keys?limit=1000"), nil, &page); err != nil || shown {
 					return err
-				}
-				if c.asJSON {
-					return show(page)
 				}
 				rows := [][]string{}
 				for _, k := range page.Keys {
@@ -313,11 +304,8 @@ func runIP(args []string) error {
 						ExpiresAt              string `json:"expires_at"`
 					} `json:"ip_rules"`
 				}
-				if err := c.do("GET", ipPath(t, ""), nil, &page); err != nil {
+				if shown, err := c.fetch("GET", ipPath(t, ""), nil, &page); err != nil || shown {
 					return err
-				}
-				if c.asJSON {
-					return show(page)
 				}
 				rows := [][]string{}
 				for _, r := range page.Rules {
@@ -354,11 +342,8 @@ func runSigningKey(args []string) error {
 						CreatedAt       string `json:"created_at"`
 					} `json:"signing_keys"`
 				}
-				if err := c.do("GET", "/v1/signing-keys", nil, &out); err != nil {
+				if shown, err := c.fetch("GET", "/v1/signing-keys", nil, &out); err != nil || shown {
 					return err
-				}
-				if c.asJSON {
-					return show(out)
 				}
 				rows := [][]string{}
 				for _, k := range out.Keys {

@@ -119,11 +119,8 @@ func runKMSKey(args []string) error {
 				var out struct {
 					Keys []kmsKeyOut `json:"keys"`
 				}
-				if err := c.do("GET", "/v1/kms/keys", nil, &out); err != nil {
+				if shown, err := c.fetch("GET", "/v1/kms/keys", nil, &out); err != nil || shown {
 					return err
-				}
-				if c.asJSON {
-					return show(out)
 				}
 				rows := [][]string{}
 				for _, k := range out.Keys {
