@@ -84,6 +84,24 @@ func TestMFAAndThreatCLI(t *testing.T) {
 	if _, stderr, err := login("-totp", next); err != nil {
 		t.Fatalf("login with the TOTP code: %v: %s", err, stderr)
 	}
+	// A recovery code instead (a lost device): it works once.
+	mustFail(t, bin, cliPassword+"\n", withToken(env, ""), []string{"give one second factor"},
+		"login", "acme", "carol", "-totp", next, "-recovery-code", act.Codes[0])
+	out, stderr, err = login("-recovery-code", act.Codes[0], "-json")
+	if err != nil {
+		t.Fatalf("login with a recovery code: %v: %s", err, stderr)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+		TokenType   string `json:"token_type"`
+	}
+	jsonInto(t, out, &tok)
+	if tok.AccessToken == "" || tok.TokenType == "" {
+		t.Fatalf("login -json printed %q; want the server's answer with access_token and token_type", out)
+	}
+	if _, stderr, err := login("-recovery-code", act.Codes[0]); err == nil {
+		t.Fatalf("the same recovery code logged in twice (stderr %q)", stderr)
+	}
 	// An admin (here the operator) disables it without a code: a lost device.
 	cli("", "mfa", "disable", "acme", carol.ID)
 	jsonInto(t, cli("", "mfa", "status", "acme", carol.ID), &st)

@@ -63,6 +63,7 @@ func runLogin(args []string) error {
 	user := fs.String("username", "", "username")
 	password := fs.String("password", "", "password (default: read from standard input)")
 	totp := fs.String("totp", "", "TOTP code, when the account has a second factor")
+	recovery := fs.String("recovery-code", "", "one of the account's recovery codes, instead of -totp (each works once)")
 	save := fs.Bool("save", false, "save the access token to "+tokenFile()+" (mode 0600) for later commands")
 	pos, err := parseWith(fs, args)
 	if err != nil {
@@ -71,7 +72,10 @@ func runLogin(args []string) error {
 	if len(pos) == 2 && *tenant == "" && *user == "" {
 		*tenant, *user = pos[0], pos[1]
 	} else if len(pos) != 0 || *tenant == "" || *user == "" {
-		return errors.New("usage: allsource login -tenant T -username U [-password P] [-totp CODE] [-save]")
+		return errors.New("usage: allsource login -tenant T -username U [-password P] [-totp CODE | -recovery-code CODE] [-save]")
+	}
+	if *totp != "" && *recovery != "" {
+		return errors.New("-totp and -recovery-code: give one second factor, not both")
 	}
 	pw, err := readPassword(*password, "password: ")
 	if err != nil {
@@ -81,14 +85,21 @@ func runLogin(args []string) error {
 	if *totp != "" {
 		body["totp"] = *totp
 	}
+	if *recovery != "" {
+		body["recovery_code"] = *recovery
+	}
+	var raw json.RawMessage
+	c.token = ""
+	if err := c.do("POST", "/v1/auth/login", body, &raw); err != nil {
+		return err
+	}
 	var out struct {
 		AccessToken  string `json:"access_token"`
 		RefreshToken string `json:"refresh_token"`
 		ExpiresIn    int64  `json:"expires_in"`
 	}
-	c.token = ""
-	if err := c.do("POST", "/v1/auth/login", body, &out); err != nil {
-		return err
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return fmt.Errorf("login answer: %w", err)
 	}
 	if *save {
 		p := tokenFile()
@@ -105,7 +116,7 @@ func runLogin(args []string) error {
 		return nil
 	}
 	if c.asJSON {
-		return show(out)
+		return show(raw)
 	}
 	fmt.Println(out.AccessToken)
 	fmt.Fprintf(os.Stderr, "expires in %s; refresh token: %s\nuse it as: export ALLSOURCE_TOKEN=<the token above>\n",
