@@ -41,6 +41,14 @@ func newMetrics(reg *prometheus.Registry, node Node) *metrics {
 			func() float64 { return float64(node.CommitIndex()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "allsource_raft_term", Help: "Current raft term."},
 			func() float64 { return float64(node.Term()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "allsource_raft_election_kicks_total",
+			Help:        "Elections this server started as soon as the leader had been silent for the heartbeat timeout, by cause.",
+			ConstLabels: prometheus.Labels{"cause": "silence"}},
+			func() float64 { s, _ := node.ElectionKicks(); return float64(s) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "allsource_raft_election_kicks_total",
+			Help:        "Elections this server started as soon as the leader had been silent for the heartbeat timeout, by cause.",
+			ConstLabels: prometheus.Labels{"cause": "vote_request"}},
+			func() float64 { _, v := node.ElectionKicks(); return float64(v) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "allsource_raft_is_leader", Help: "1 on the leader, else 0."},
 			func() float64 {
 				if node.IsLeader() {

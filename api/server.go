@@ -34,6 +34,9 @@ type Node interface {
 	LastIndex() uint64
 	Term() uint64
 	LastContact() time.Time
+	// ElectionKicks counts elections this server started as soon as the
+	// leader had been silent for the heartbeat timeout (cluster/failover.go).
+	ElectionKicks() (silence, vote int64)
 	VerifyRead(ctx context.Context) error
 	// CaughtUp reports whether the local state has caught up with the
 	// cluster since the process started.

@@ -71,6 +71,9 @@ type Config struct {
 
 	FastGossip bool
 	Logger     *slog.Logger
+
+	// noSilenceWatch turns off watchLeaderSilence (tests of the vote path).
+	noSilenceWatch bool
 }
 
 // Default timeouts. A 400 ms heartbeat timeout fails over in about half a second
@@ -146,6 +149,8 @@ type Node struct {
 	fsm       *fsm.FSM
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
+	guarded   *guardedTransport // what raft uses: transport with the pipeline guard and the failover hooks
+	failover  *failover
 	store     *raftboltdb.BoltStore
 	gossip    *Gossip
 
@@ -211,8 +216,8 @@ func New(cfg Config, f *fsm.FSM) (*Node, error) {
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
-	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.ElectionTimeout
+	n.failover = newFailover(cfg.HeartbeatTimeout, n.log)
+	rc.HeartbeatTimeout, rc.ElectionTimeout = n.failover.raftTimeouts(cfg.ElectionTimeout)
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
@@ -227,13 +232,21 @@ func New(cfg Config, f *fsm.FSM) (*Node, error) {
 		n.closeStores()
 		return nil, err
 	}
-	trans := &guardedTransport{NetworkTransport: n.transport, stuckAfter: tcfg.Timeout, log: n.log}
-	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
+	n.guarded = newGuardedTransport(n.transport, tcfg.Timeout, n.failover, n.log)
+	r, err := raft.NewRaft(rc, f, store, store, snaps, n.guarded)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	n.raft = r
+	n.failover.raft.Store(r)
+	if !cfg.noSilenceWatch {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.failover.watchLeaderSilence(n.closing)
+		}()
+	}
 	if cfg.Bootstrap && !hasState {
 		conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr()}}}
 		if err := r.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
@@ -378,7 +391,9 @@ func (n *Node) rememberGossipPeers(path string) {
 }
 
 func (n *Node) closeStores() {
-	if n.transport != nil {
+	if n.guarded != nil {
+		n.guarded.Close()
+	} else if n.transport != nil {
 		n.transport.Close()
 	}
 	if n.store != nil {
@@ -582,6 +597,13 @@ func (n *Node) Term() uint64         { return n.raft.CurrentTerm() }
 
 // LastContact is when a follower last heard from the leader.
 func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
+
+// ElectionKicks counts the elections this server started early (failover.go):
+// because the leader had been silent for the heartbeat timeout, or because
+// a candidate asked for its vote while it was.
+func (n *Node) ElectionKicks() (silence, vote int64) {
+	return n.failover.silenceKicks.Load(), n.failover.voteKicks.Load()
+}
 
 // Stats returns raft's statistics.
 func (n *Node) Stats() map[string]string { return n.raft.Stats() }

@@ -33,6 +33,16 @@ type guardedTransport struct {
 	stuckAfter time.Duration
 	log        *slog.Logger
 	unstuck    atomic.Int64 // pipelines closed by the guard
+
+	failover     *failover // nil: vote requests go to raft untouched
+	consumer     chan raft.RPC
+	consumerOnce sync.Once
+	done         chan struct{} // closed by Close
+	closeOnce    sync.Once
+}
+
+func newGuardedTransport(nt *raft.NetworkTransport, stuckAfter time.Duration, fo *failover, log *slog.Logger) *guardedTransport {
+	return &guardedTransport{NetworkTransport: nt, stuckAfter: stuckAfter, failover: fo, log: log, done: make(chan struct{})}
 }
 
 func (t *guardedTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
@@ -74,4 +84,72 @@ func (p *guardedPipeline) Close() error {
 	var err error
 	p.closeOnce.Do(func() { err = p.AppendPipeline.Close() })
 	return err
+}
+
+// Consumer hands raft the transport's incoming RPCs, running pre-vote and
+// vote requests past the failover detector first (failover.voteRequest).
+// Those are delivered from their own goroutine: holding one back must not
+// hold back the AppendEntries behind it (the candidate's connection waits
+// for its answer either way).
+func (t *guardedTransport) Consumer() <-chan raft.RPC {
+	t.consumerOnce.Do(func() {
+		t.consumer = make(chan raft.RPC)
+		go t.forward()
+	})
+	return t.consumer
+}
+
+func (t *guardedTransport) forward() {
+	in := t.NetworkTransport.Consumer()
+	for {
+		select {
+		case <-t.done:
+			return
+		case rpc := <-in:
+			var candidate []byte
+			switch req := rpc.Command.(type) {
+			case *raft.RequestPreVoteRequest:
+				candidate = req.ID
+			case *raft.RequestVoteRequest:
+				candidate = req.ID
+			}
+			if candidate == nil || t.failover == nil {
+				t.deliver(rpc)
+				continue
+			}
+			go func() {
+				t.failover.voteRequest(raft.ServerID(candidate), t.done)
+				t.deliver(rpc)
+			}()
+		}
+	}
+}
+
+func (t *guardedTransport) deliver(rpc raft.RPC) {
+	select {
+	case t.consumer <- rpc:
+	case <-t.done:
+	}
+}
+
+// RequestPreVote and RequestVote give way to a candidate this server has
+// just timed out for (failover.giveWay) before asking it.
+func (t *guardedTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	if t.failover != nil {
+		t.failover.giveWay(id, t.done)
+	}
+	return t.NetworkTransport.RequestPreVote(id, target, args, resp)
+}
+
+func (t *guardedTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	if t.failover != nil {
+		t.failover.giveWay(id, t.done)
+	}
+	return t.NetworkTransport.RequestVote(id, target, args, resp)
+}
+
+// Close stops the forwarding goroutine and closes the transport.
+func (t *guardedTransport) Close() error {
+	t.closeOnce.Do(func() { close(t.done) })
+	return t.NetworkTransport.Close()
 }
