@@ -114,23 +114,17 @@ func (f *failover) kick() bool {
 	return true
 }
 
-// silent reports whether this server is a follower that has not heard from
-// its leader for at least d (and has heard from one since it started).
-func silent(r *raft.Raft, d time.Duration) bool {
-	if r.State() != raft.Follower {
-		return false
-	}
-	lc := r.LastContact()
-	return !lc.IsZero() && time.Since(lc) >= d
-}
-
 // watchLeaderSilence kicks raft once per silence when the leader has been
-// quiet for the heartbeat timeout plus this server's spread.
+// quiet for the heartbeat timeout plus this server's spread. A server that
+// has not heard from any leader since it started counts the silence from its
+// start (a whole cluster restarted at once elects as soon as it can).
 func (f *failover) watchLeaderSilence(closing <-chan struct{}) {
+	started := time.Now()
 	tick := time.NewTicker(silencePoll)
 	defer tick.Stop()
 	wait := f.hb + f.spread()
 	var kickedFor time.Time // the last contact the previous kick was about
+	kicked := false
 	for {
 		select {
 		case <-closing:
@@ -138,14 +132,21 @@ func (f *failover) watchLeaderSilence(closing <-chan struct{}) {
 		case <-tick.C:
 		}
 		r := f.raft.Load()
-		if r == nil || !silent(r, wait) || r.LastContact().Equal(kickedFor) {
+		if r == nil || r.State() != raft.Follower {
 			continue
 		}
 		lc := r.LastContact()
+		since := lc
+		if lc.IsZero() {
+			since = started
+		}
+		if time.Since(since) < wait || (kicked && lc.Equal(kickedFor)) {
+			continue
+		}
 		if f.kick() {
-			kickedFor = lc
+			kicked, kickedFor = true, lc
 			f.silenceKicks.Add(1)
-			f.log.Info("raft: leader silent; starting an election", "silent_for", time.Since(lc).Round(time.Millisecond))
+			f.log.Info("raft: leader silent; starting an election", "silent_for", time.Since(since).Round(time.Millisecond))
 		}
 		wait = f.hb + f.spread()
 	}

@@ -76,10 +76,12 @@ type Config struct {
 	noSilenceWatch bool
 }
 
-// Default timeouts. A 400 ms heartbeat timeout fails over in about half a second
-// to a second (the goal is ≤ 1 s) while leaving ~8 heartbeats (sent every
-// timeout/10) of slack for a busy 2-core machine before a follower gives up on
-// a live leader. See FAULTS.md for the measurements behind them.
+// Default timeouts. A 400 ms heartbeat timeout fails over in about half a
+// second (the goal is ≤ 1 s: the timeout, a random spread of up to half of it
+// before the first follower campaigns, and the election — failover.go) while
+// leaving ~8 heartbeats (sent every timeout/10) of slack for a busy 2-core
+// machine before a follower gives up on a live leader. See FAULTS.md for the
+// measurements behind them.
 //
 // The leader lease is as long as raft allows (the heartbeat timeout): a
 // leader steps down when a quorum has not answered for that long. At 200 ms,
