@@ -105,3 +105,11 @@ func BenchmarkApplyNoop(b *testing.B) {
 		return mustEncode(b, CmdNoop, Header{Principal: sysP, Time: baseTime.UnixNano()}, nil)
 	})
 }
+
+// BenchmarkApplyNoopBatch1: one noop command per raft batch (a bbolt
+// transaction that only moves the applied index).
+func BenchmarkApplyNoopBatch1(b *testing.B) {
+	benchApply(b, 1, 1, func(i int) []byte {
+		return mustEncode(b, CmdNoop, Header{Principal: sysP, Time: baseTime.UnixNano()}, nil)
+	})
+}

@@ -15,6 +15,9 @@
 //     here), so the audit log and a million users do not have to sit in RAM. The
 //     file is not a source of truth: it is rebuilt on start from the raft
 //     snapshot and log, so it is written without fsync.
+//   - Batches of audit appends share a bbolt transaction that is committed
+//     before anything reads (commit.go): a transaction per raft batch cost
+//     more than the audit entries in it.
 package fsm
 
 import (
@@ -75,6 +78,21 @@ type FSM struct {
 	mu sync.RWMutex // guards db against a swap during Restore
 	db *bolt.DB
 
+	// The open write transaction of grouped batches (commit.go). Lock
+	// order: mu, then wmu.
+	wmu        sync.Mutex
+	open       *bolt.Tx
+	openLogs   [][]*raft.Log // its batches, applied again if a later one panics
+	openArenas []*batchState // their record arenas, which bolt references until it ends
+	openN      int           // log entries in open
+	openBytes  int           // and their commands' bytes
+	pending    atomic.Bool   // open != nil: readers must commit it first
+	nearRemap  atomic.Bool   // the file is close to the end of bolt's map
+	flushTimer *time.Timer
+	flushDelay time.Duration // flushDelay; tests lengthen it
+	failed     error         // a commit failed: the file no longer holds what was applied
+	broken     atomic.Bool   // failed != nil
+
 	applied atomic.Uint64
 	waitMu  sync.Mutex
 	waiters map[uint64][]chan struct{}
@@ -101,9 +119,14 @@ func Open(dir string, opts Options) (*FSM, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &FSM{opts: opts, path: path, log: opts.Logger, db: db, waiters: map[uint64][]chan struct{}{}}
+	f := &FSM{opts: opts, path: path, log: opts.Logger, db: db, waiters: map[uint64][]chan struct{}{},
+		flushDelay: flushDelay}
 	return f, nil
 }
+
+// initialMmap is how much of the state file bolt maps from the start: a
+// remap (growth) waits for every open read (snapshots), so reserve early.
+const initialMmap = 1 << 30
 
 func openBolt(path string) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
@@ -111,7 +134,7 @@ func openBolt(path string) (*bolt.DB, error) {
 		NoSync:          true, // rebuilt from raft on start; raft's own log is fsynced
 		NoFreelistSync:  true,
 		FreelistType:    bolt.FreelistMapType,
-		InitialMmapSize: 1 << 30, // growth remaps wait for readers (snapshots); reserve early
+		InitialMmapSize: initialMmap,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open state %s: %w", path, err)
@@ -131,15 +154,28 @@ func openBolt(path string) (*bolt.DB, error) {
 	return db, nil
 }
 
-// Close closes the state file.
+// Close commits what was applied and closes the state file.
 func (f *FSM) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.db.Close()
+	err := f.commitOpen()
+	if f.flushTimer != nil {
+		f.flushTimer.Stop()
+	}
+	if cerr := f.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
-// Path returns the state file's path (tests look for plaintext in it).
-func (f *FSM) Path() string { return f.path }
+// Path returns the state file's path (tests look for plaintext in it) after
+// committing what was applied, so the file holds it.
+func (f *FSM) Path() string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	_ = f.commitOpen()
+	return f.path
+}
 
 // AppliedIndex returns the index of the last applied log entry.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
@@ -149,34 +185,15 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch applies committed entries in one bolt transaction.
+// ApplyBatch applies committed entries in one bolt transaction, shared with
+// the batches before it when they are all audit appends (commit.go).
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	if len(logs) == 0 {
 		return out
 	}
-	var changes []Change
 	last := logs[len(logs)-1].Index
-	bs := &batchState{}
-	defer bs.release()
-	err := f.update(func(tx *bolt.Tx) error {
-		for i, l := range logs {
-			if l.Type != raft.LogCommand {
-				continue
-			}
-			// The commands of a batch append their changes to one slice.
-			w := &wtx{tx: tx, index: l.Index, batch: bs, changes: changes}
-			out[i] = f.applyOne(w, l)
-			changes = w.changes
-		}
-		bs.flushHeads(tx)
-		return tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last))
-	})
-	if err != nil {
-		// The store failed under us (disk full, I/O error). Replicas must not
-		// diverge, so stop here; the state is rebuilt from raft on restart.
-		panic(fmt.Sprintf("fsm: apply batch ending at %d: %v", last, err))
-	}
+	changes := f.apply(logs, out)
 	f.setApplied(last)
 	if f.opts.OnApply != nil && len(changes) > 0 {
 		f.opts.OnApply(last, changes)
@@ -184,14 +201,26 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	return out
 }
 
-// update runs fn in a write transaction under the read lock that keeps
-// Restore from swapping the store. The lock is released even when fn panics
-// (a corrupt entry): bolt rolls the transaction back, and a later Close or
-// Restore must not wait forever on the lock.
-func (f *FSM) update(fn func(tx *bolt.Tx) error) error {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.db.Update(fn)
+// applyTx applies logs in tx, writes the chain heads they moved and the
+// applied index, and returns their changes. bs's arena holds records bolt
+// references until tx ends: the caller releases it then.
+func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) []Change {
+	var changes []Change
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		// The commands of a batch append their changes to one slice.
+		w := &wtx{tx: tx, index: l.Index, batch: bs, changes: changes}
+		out[i] = f.applyOne(w, l)
+		changes = w.changes
+	}
+	bs.flushHeads(tx)
+	last := logs[len(logs)-1].Index
+	if err := tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last)); err != nil {
+		panic(fmt.Sprintf("fsm: apply batch ending at %d: %v", last, err))
+	}
+	return changes
 }
 
 func (f *FSM) applyOne(w *wtx, l *raft.Log) *Result {
@@ -217,6 +246,9 @@ func (f *FSM) applyOne(w *wtx, l *raft.Log) *Result {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if err := f.commitOpen(); err != nil {
+		return nil, err
+	}
 	tx, err := f.db.Begin(false)
 	if err != nil {
 		return nil, err
@@ -250,6 +282,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.mu.Lock()
+	f.discardOpen() // the snapshot replaces it
 	if err := f.db.Close(); err != nil {
 		f.mu.Unlock()
 		return err
@@ -264,6 +297,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.db = db
+	f.nearRemap.Store(false)
 	f.mu.Unlock()
 	f.setApplied(idx)
 	f.log.Info("restored state from snapshot", "applied_index", idx)
@@ -353,6 +387,9 @@ func (f *FSM) AppliedCh(idx uint64) <-chan struct{} {
 func (f *FSM) View(fn func(r *Reader) error) error {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if err := f.commitOpen(); err != nil {
+		return err
+	}
 	return f.db.View(func(tx *bolt.Tx) error { return fn(&Reader{tx: tx}) })
 }
 

@@ -264,6 +264,9 @@ func diffLines(before, after string) string {
 func (f *FSM) rawUpdate(fn func(tx *bolt.Tx) error) error {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if err := f.commitOpen(); err != nil {
+		return err
+	}
 	return f.db.Update(fn)
 }
 
