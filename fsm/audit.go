@@ -402,12 +402,15 @@ func appendAuditID(b []byte, index uint64, n int) []byte {
 // ends, instead of read and written per entry) and the arena of the audit
 // records it put.
 type batchState struct {
-	slab   []AuditEntry // room for the entries of the command being applied
-	heads  map[string]*AuditHead
-	dirty  []*AuditHead
-	arena  []byte
-	pooled *[]byte // where arena came from (arenas)
-	audit  *bolt.Bucket
+	w        wtx            // the write context of the command being applied
+	cmd      Command        // and the command
+	auditCmd AppendAuditCmd // its payload when it appends audit entries
+	slab     []AuditEntry   // room for the entries of the command being applied
+	heads    map[string]*AuditHead
+	dirty    []*AuditHead
+	arena    []byte
+	pooled   *[]byte // where arena came from (arenas)
+	audit    *bolt.Bucket
 }
 
 // newEntry returns room for an appended entry: from the slab reserveEntries
@@ -540,8 +543,16 @@ func auditKey(tenant string, seq uint64) []byte {
 }
 
 func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
-	var p AppendAuditCmd
-	mustDecodePayload(c, &p)
+	// The inputs are copied into their entries: the batch's commands decode
+	// into one payload. JSON decodes into a fresh one (it would merge into
+	// the fields of a reused slice's elements).
+	p := &w.batch.auditCmd
+	if c.BinPayload != nil {
+		p.Entries = p.Entries[:0]
+	} else {
+		*p = AppendAuditCmd{}
+	}
+	mustDecodePayload(c, p)
 	pr := c.Header.Principal
 	if len(p.Entries) == 0 || len(p.Entries) > maxAuditBatch {
 		return nil, errf(CodeInvalidArgument, "an audit batch holds 1 to %d entries", maxAuditBatch)
@@ -561,7 +572,8 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	// sequence numbers and hashes.
 	w.batch.reserve(len(c.BinPayload) + len(c.Payload) + 160*len(p.Entries))
 	w.batch.reserveEntries(len(p.Entries))
-	w.changes = slices.Grow(w.changes, len(p.Entries))
+	// The batch's other commands are likely audit appends too.
+	w.changes = slices.Grow(w.changes, max(len(p.Entries), w.left))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])
 	}

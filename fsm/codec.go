@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 	"unicode/utf8"
@@ -301,7 +302,8 @@ func (p *AppendAuditCmd) decodeBinary(d *bdec) {
 		p.Entries = nil
 		return
 	}
-	p.Entries = make([]AuditInput, n)
+	// Decoding into a command's slice reuses it (every field is set below).
+	p.Entries = slices.Grow(p.Entries[:0], n)[:n]
 	for i := range p.Entries {
 		p.Entries[i].decodeBinary(d)
 	}

@@ -213,25 +213,35 @@ func (c Command) Encode() ([]byte, error) {
 // itself panics on the error. The payloads of a decoded command alias b.
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
+	err := decodeCommand(b, &c)
+	return c, err
+}
+
+// decodeCommand is DecodeCommand into c, which it resets first (Apply reuses
+// one Command for the entries of a batch).
+func decodeCommand(b []byte, c *Command) error {
+	*c = Command{}
 	if len(b) == 0 {
-		return c, fmt.Errorf("empty command")
+		return fmt.Errorf("empty command")
 	}
 	switch b[0] {
 	case encodingV1:
-		if err := json.Unmarshal(b[1:], &c); err != nil {
-			return Command{}, fmt.Errorf("decode command: %w", err)
+		if err := json.Unmarshal(b[1:], c); err != nil {
+			*c = Command{}
+			return fmt.Errorf("decode command: %w", err)
 		}
 	case encodingV2:
 		if err := c.decodeV2(b[1:]); err != nil {
-			return Command{}, fmt.Errorf("decode command: %w", err)
+			*c = Command{}
+			return fmt.Errorf("decode command: %w", err)
 		}
 	default:
-		return c, fmt.Errorf("unknown command encoding %d", b[0])
+		return fmt.Errorf("unknown command encoding %d", b[0])
 	}
 	if c.Type == CmdInvalid {
-		return c, fmt.Errorf("command type 0 is invalid")
+		return fmt.Errorf("command type 0 is invalid")
 	}
-	return c, nil
+	return nil
 }
 
 func (c *Command) decodeV2(b []byte) error {

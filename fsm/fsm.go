@@ -206,15 +206,18 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 // references until tx ends: the caller releases it then.
 func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) []Change {
 	var changes []Change
+	// The commands of a batch share one write context and one decoded
+	// command (reset for each) and append their changes to one slice.
+	w := &bs.w
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		// The commands of a batch append their changes to one slice.
-		w := &wtx{tx: tx, index: l.Index, batch: bs, changes: changes}
-		out[i] = f.applyOne(w, l)
+		*w = wtx{tx: tx, index: l.Index, batch: bs, changes: changes, left: len(logs) - i}
+		out[i] = f.applyOne(w, &bs.cmd, l)
 		changes = w.changes
 	}
+	*w = wtx{}
 	bs.flushHeads(tx)
 	last := logs[len(logs)-1].Index
 	if err := tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last)); err != nil {
@@ -223,9 +226,9 @@ func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) 
 	return changes
 }
 
-func (f *FSM) applyOne(w *wtx, l *raft.Log) *Result {
-	c, err := DecodeCommand(l.Data)
-	if err != nil {
+// applyOne applies one entry, decoded into c.
+func (f *FSM) applyOne(w *wtx, c *Command, l *raft.Log) *Result {
+	if err := decodeCommand(l.Data, c); err != nil {
 		panic(fmt.Sprintf("fsm: entry %d: %v", l.Index, err))
 	}
 	w.hdr = &c.Header
@@ -237,7 +240,7 @@ func (f *FSM) applyOne(w *wtx, l *raft.Log) *Result {
 		}
 		panic(fmt.Sprintf("fsm: entry %d: unknown command type %d", l.Index, c.Type))
 	}
-	v, berr := h(w, &c)
+	v, berr := h(w, c)
 	return &Result{Index: l.Index, Value: v, Err: berr}
 }
 
@@ -411,6 +414,7 @@ type wtx struct {
 	hdr     *Header
 	changes []Change
 	auditN  int         // audit entries appended by this command, for their ids
+	left    int         // entries of the batch from this one on
 	batch   *batchState // shared by the commands of one ApplyBatch
 }
 
