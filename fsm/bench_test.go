@@ -27,6 +27,12 @@ func benchAuditInput(i int) AuditInput {
 // (what raft hands ApplyBatch), and reports per-op figures for perOp
 // entries per command.
 func benchApply(b *testing.B, batch, perOp int, mk func(i int) []byte) {
+	benchApplyRead(b, batch, perOp, false, mk)
+}
+
+// benchApplyRead is benchApply, reading the state after every batch when
+// read is set (which commits the batch: see commit.go).
+func benchApplyRead(b *testing.B, batch, perOp int, read bool, mk func(i int) []byte) {
 	f := newFSM(b)
 	ncmds := 1024
 	if perOp > 1 {
@@ -48,6 +54,9 @@ func benchApply(b *testing.B, batch, perOp int, mk func(i int) []byte) {
 			logs = append(logs, &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: cmds[(n+j)%len(cmds)]})
 		}
 		f.ApplyBatch(logs)
+		if read {
+			_ = f.View(func(*Reader) error { return nil })
+		}
 	}
 	b.StopTimer()
 	// The machine is shared: CPU time is steadier than wall time.
@@ -80,6 +89,16 @@ func BenchmarkApplyAuditSingle(b *testing.B) {
 // raft batch (concurrency 1).
 func BenchmarkApplyAuditSingleBatch1(b *testing.B) {
 	benchApply(b, 1, 1, func(i int) []byte {
+		return mustEncode(b, CmdAppendAudit, Header{Principal: sysP, Time: baseTime.UnixNano()},
+			&AppendAuditCmd{Entries: []AuditInput{benchAuditInput(i)}})
+	})
+}
+
+// BenchmarkApplyAuditSingleBatch1Read: the same with a read after every
+// batch, so every batch is committed on its own (the cost before group
+// commit, now paid by the first read after a write).
+func BenchmarkApplyAuditSingleBatch1Read(b *testing.B) {
+	benchApplyRead(b, 1, 1, true, func(i int) []byte {
 		return mustEncode(b, CmdAppendAudit, Header{Principal: sysP, Time: baseTime.UnixNano()},
 			&AppendAuditCmd{Entries: []AuditInput{benchAuditInput(i)}})
 	})
