@@ -108,6 +108,13 @@ const (
 	DefaultApplyTimeout       = 10 * time.Second
 )
 
+// LogCacheSize is how many of the newest raft log entries each server keeps
+// decoded in memory (raft.NewLogCache): the leader sends followers what it
+// has just written and followers apply what they have just received, and
+// without the cache both read it back from raft-boltdb and decode it again
+// (about a seventh of a write's CPU at concurrency 64, BENCHMARKS.md).
+const LogCacheSize = 1024
+
 func (c *Config) setDefaults() {
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = DefaultHeartbeatTimeout
@@ -235,7 +242,12 @@ func New(cfg Config, f *fsm.FSM) (*Node, error) {
 		return nil, err
 	}
 	n.guarded = newGuardedTransport(n.transport, tcfg.Timeout, n.failover, n.log)
-	r, err := raft.NewRaft(rc, f, store, store, snaps, n.guarded)
+	logs, err := raft.NewLogCache(LogCacheSize, store)
+	if err != nil {
+		n.closeStores()
+		return nil, err
+	}
+	r, err := raft.NewRaft(rc, f, logs, store, snaps, n.guarded)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("start raft: %w", err)

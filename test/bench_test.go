@@ -338,7 +338,11 @@ func newBareCluster(b *testing.B) *bareCluster {
 			b.Fatal(err)
 		}
 		id := fmt.Sprintf("bare%d", i)
-		r, err := raft.NewRaft(benchRaftConfig(id), nopFSM{}, store, store, snaps, tr)
+		logs, err := raft.NewLogCache(cluster.LogCacheSize, store)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r, err := raft.NewRaft(benchRaftConfig(id), nopFSM{}, logs, store, snaps, tr)
 		if err != nil {
 			b.Fatal(err)
 		}
