@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -364,11 +365,11 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	sum := sha256.Sum256(bs.arena[r0:])
 	bs.arena = append(bs.arena, sum[:]...)
 	key, rec := bs.arena[k0:r0:r0], bs.arena[r0:len(bs.arena):len(bs.arena)]
-	// The id and the hash share one allocation.
+	// The id and the hash share one allocation, never written again.
 	idHash := make([]byte, len(id)+hex.EncodedLen(len(sum)))
 	copy(idHash, id)
 	hex.Encode(idHash[len(id):], sum[:])
-	both := string(idHash)
+	both := unsafe.String(&idHash[0], len(idHash))
 	e.ID, e.Hash = both[:len(id)], both[len(id):]
 	if err := bs.auditBucket(w.tx).Put(key, rec); err != nil {
 		panic(fmt.Sprintf("fsm: put audit %q: %v", key, err))
@@ -409,7 +410,6 @@ type batchState struct {
 	heads    map[string]*AuditHead
 	dirty    []*AuditHead
 	arena    []byte
-	pooled   *[]byte // where arena came from (arenas)
 	audit    *bolt.Bucket
 }
 
@@ -423,38 +423,41 @@ func (bs *batchState) newEntry() *AuditEntry {
 	return &AuditEntry{}
 }
 
-// reserveEntries makes room for n entries in one allocation. The entries
+// reserveEntries makes room for n entries in one allocation (a command's
+// entries, or the next audit commands' of the batch). The entries
 // outlive the batch (Change.Audit), so the slab is never reused.
 func (bs *batchState) reserveEntries(n int) {
-	if n > 1 && cap(bs.slab)-len(bs.slab) < n {
+	if cap(bs.slab)-len(bs.slab) < n {
 		bs.slab = make([]AuditEntry, 0, n)
 	}
 }
 
-// arenas keeps the arenas of finished batches: once the transaction has
-// ended, bolt holds no reference into them.
-var arenas = sync.Pool{New: func() any { return new([]byte) }}
+// batchStates keeps the states of finished batches, with their arenas: once
+// the transaction has ended, bolt holds no reference into them.
+var batchStates = sync.Pool{New: func() any { return new(batchState) }}
+
+// newBatchState returns an empty batch state; release gives it back.
+func newBatchState() *batchState { return batchStates.Get().(*batchState) }
 
 // reserve makes room for n more bytes in the arena.
-func (bs *batchState) reserve(n int) {
-	if bs.arena == nil {
-		bs.pooled = arenas.Get().(*[]byte)
-		bs.arena = (*bs.pooled)[:0]
-	}
-	bs.arena = slices.Grow(bs.arena, n)
-}
+func (bs *batchState) reserve(n int) { bs.arena = slices.Grow(bs.arena, n) }
 
-// release returns the arena to the pool; the batch's transaction must have
-// ended. Arenas that grew past 4 MiB are left to the collector.
+// release returns bs to the pool; the batch's transaction must have ended.
+// What outlives the batch (the entries of its slab, which changes point to)
+// is dropped, what does not is kept for the next batch: the arena (unless it
+// grew past 4 MiB), the heads map, the decoded payload's room.
 func (bs *batchState) release() {
-	if bs.pooled == nil {
-		return
+	arena := bs.arena[:0]
+	if cap(arena) > 4<<20 {
+		arena = nil
 	}
-	if cap(bs.arena) <= 4<<20 {
-		*bs.pooled = bs.arena[:0]
-		arenas.Put(bs.pooled)
-	}
-	bs.arena, bs.pooled = nil, nil
+	clear(bs.heads)
+	clear(bs.dirty)
+	entries := bs.auditCmd.Entries
+	clear(entries)
+	*bs = batchState{heads: bs.heads, dirty: bs.dirty[:0], arena: arena,
+		auditCmd: AppendAuditCmd{Entries: entries[:0]}}
+	batchStates.Put(bs)
 }
 
 func (bs *batchState) auditBucket(tx *bolt.Tx) *bolt.Bucket {
@@ -476,7 +479,11 @@ func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
 		bs.heads = map[string]*AuditHead{}
 	}
 	h := &AuditHead{Tenant: tenant, FirstSeq: 1}
-	getHead(tx.Bucket(bAuditHeads), tenant, h)
+	var kb [80]byte
+	k := append(append(kb[:0], tenant...), 0)
+	if v := tx.Bucket(bAuditHeads).Get(k); v != nil {
+		*h = mustDecodeHead(k, v)
+	}
 	bs.heads[tenant] = h
 	bs.dirty = append(bs.dirty, h)
 	return h
@@ -485,15 +492,19 @@ func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
 // Chain heads are stored binary (auditRecordV2, tenant, first seq, seq,
 // hash), or as the JSON of earlier states.
 func putHead(b *bolt.Bucket, h *AuditHead) {
-	v := make([]byte, 0, 16+len(h.Tenant)+len(h.Hash))
+	v := appendHead(make([]byte, 0, 16+len(h.Tenant)+len(h.Hash)), h)
+	if err := b.Put(tprefix(h.Tenant), v); err != nil {
+		panic(fmt.Sprintf("fsm: put audit head %q: %v", h.Tenant, err))
+	}
+}
+
+// appendHead appends h's stored form.
+func appendHead(v []byte, h *AuditHead) []byte {
 	v = append(v, auditRecordV2)
 	v = appendStr(v, h.Tenant)
 	v = binary.AppendUvarint(v, h.FirstSeq)
 	v = binary.AppendUvarint(v, h.Seq)
-	v = appendStr(v, h.Hash)
-	if err := b.Put(tprefix(h.Tenant), v); err != nil {
-		panic(fmt.Sprintf("fsm: put audit head %q: %v", h.Tenant, err))
-	}
+	return appendStr(v, h.Hash)
 }
 
 // getHead reads tenant's head into h; false when the chain has none.
@@ -510,7 +521,7 @@ func getHead(b *bolt.Bucket, tenant string, h *AuditHead) bool {
 func mustDecodeHead(k, v []byte) AuditHead {
 	var h AuditHead
 	if len(v) > 0 && v[0] == auditRecordV2 {
-		d := newBdec(v[1:])
+		d := newSharedBdec(v[1:])
 		h.Tenant = d.str()
 		h.FirstSeq = d.uvarint()
 		h.Seq = d.uvarint()
@@ -532,7 +543,14 @@ func (bs *batchState) flushHeads(tx *bolt.Tx) {
 	}
 	b := tx.Bucket(bAuditHeads)
 	for _, h := range bs.dirty {
-		putHead(b, h)
+		// bolt keeps the value until the transaction ends: the arena holds it.
+		a0 := len(bs.arena)
+		bs.arena = appendHead(bs.arena, h)
+		var kb [80]byte
+		k := append(append(kb[:0], h.Tenant...), 0)
+		if err := b.Put(k, bs.arena[a0:len(bs.arena):len(bs.arena)]); err != nil {
+			panic(fmt.Sprintf("fsm: put audit head %q: %v", h.Tenant, err))
+		}
 	}
 	clear(bs.heads)
 	bs.dirty = bs.dirty[:0]
@@ -571,8 +589,9 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	// Room for the records: each is about its input plus 130 bytes of ids,
 	// sequence numbers and hashes.
 	w.batch.reserve(len(c.BinPayload) + len(c.Payload) + 160*len(p.Entries))
-	w.batch.reserveEntries(len(p.Entries))
-	// The batch's other commands are likely audit appends too.
+	// The batch's other commands are likely audit appends too: their
+	// entries share the slab (bounded, as one retained entry keeps it).
+	w.batch.reserveEntries(max(len(p.Entries), min(w.left, 32)))
 	w.changes = slices.Grow(w.changes, max(len(p.Entries), w.left))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])

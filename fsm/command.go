@@ -132,6 +132,8 @@ type Command struct {
 	// binText is BinPayload as a string when the decoder made one: the
 	// payload's strings are then its substrings.
 	binText string
+	// dec is the payload's decoder (here, it costs no allocation).
+	dec bdec
 }
 
 // The first byte of every encoded command says how the rest is encoded.
@@ -313,9 +315,10 @@ func decodePayload(c *Command, v any) error {
 	}
 	// A decoded command already holds its payload as a string (binText);
 	// only a command built in process needs the copy.
-	d := &bdec{b: c.BinPayload, n0: len(c.BinPayload), s: c.binText}
+	d := &c.dec
+	*d = bdec{b: c.BinPayload, n0: len(c.BinPayload), s: c.binText}
 	if len(c.binText) != len(c.BinPayload) {
-		d = newSharedBdec(c.BinPayload)
+		*d = *newSharedBdec(c.BinPayload)
 	}
 	bp.decodeBinary(d)
 	return d.done()

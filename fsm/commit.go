@@ -64,7 +64,7 @@ func (f *FSM) apply(logs []*raft.Log, out []any) []Change {
 		panic(fmt.Sprintf("fsm: %v", err))
 	}
 	var changes []Change
-	bs := &batchState{}
+	bs := newBatchState()
 	defer bs.release() // after the transaction, even when it panics
 	err := f.db.Update(func(tx *bolt.Tx) error {
 		changes = f.applyTx(tx, bs, logs, out)
@@ -132,7 +132,7 @@ func (f *FSM) applyGrouped(logs []*raft.Log, out []any) ([]Change, bool) {
 		}
 		f.open = tx
 	}
-	bs := &batchState{}
+	bs := newBatchState()
 	applied := false
 	defer func() {
 		if !applied {
@@ -188,7 +188,7 @@ func (f *FSM) recoverOpen() {
 	}()
 	err := f.db.Update(func(tx *bolt.Tx) error {
 		for _, logs := range before {
-			bs := &batchState{}
+			bs := newBatchState()
 			arenas = append(arenas, bs)
 			f.applyTx(tx, bs, logs, make([]any, len(logs)))
 		}

@@ -21,6 +21,7 @@
 package fsm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -213,25 +214,35 @@ func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) 
 	// The commands of a batch share one write context and one decoded
 	// command (reset for each) and append their changes to one slice.
 	w := &bs.w
+	// The results share one allocation.
+	var results []Result
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
 		}
+		if results == nil {
+			results = make([]Result, len(logs)-i)
+		}
 		*w = wtx{tx: tx, index: l.Index, batch: bs, changes: changes, left: len(logs) - i}
-		out[i] = f.applyOne(w, &bs.cmd, l)
+		r := &results[len(results)-(len(logs)-i)]
+		f.applyOne(w, &bs.cmd, l, r)
+		out[i] = r
 		changes = w.changes
 	}
 	*w = wtx{}
 	bs.flushHeads(tx)
 	last := logs[len(logs)-1].Index
-	if err := tx.Bucket(bMeta).Put(keyAppliedIndex, u64(last)); err != nil {
+	// bolt keeps the value until the transaction ends: the arena holds it.
+	a0 := len(bs.arena)
+	bs.arena = binary.BigEndian.AppendUint64(bs.arena, last)
+	if err := tx.Bucket(bMeta).Put(keyAppliedIndex, bs.arena[a0:len(bs.arena):len(bs.arena)]); err != nil {
 		panic(fmt.Sprintf("fsm: apply batch ending at %d: %v", last, err))
 	}
 	return changes
 }
 
-// applyOne applies one entry, decoded into c.
-func (f *FSM) applyOne(w *wtx, c *Command, l *raft.Log) *Result {
+// applyOne applies one entry, decoded into c, and stores its result in r.
+func (f *FSM) applyOne(w *wtx, c *Command, l *raft.Log, r *Result) {
 	if err := decodeCommand(l.Data, c); err != nil {
 		panic(fmt.Sprintf("fsm: entry %d: %v", l.Index, err))
 	}
@@ -240,12 +251,13 @@ func (f *FSM) applyOne(w *wtx, c *Command, l *raft.Log) *Result {
 	if !ok {
 		if c.Flags&FlagIgnorable != 0 {
 			f.log.Warn("skipping unknown ignorable command", "type", c.Type, "index", l.Index)
-			return &Result{Index: l.Index}
+			*r = Result{Index: l.Index}
+			return
 		}
 		panic(fmt.Sprintf("fsm: entry %d: unknown command type %d", l.Index, c.Type))
 	}
 	v, berr := h(w, c)
-	return &Result{Index: l.Index, Value: v, Err: berr}
+	*r = Result{Index: l.Index, Value: v, Err: berr}
 }
 
 // Snapshot captures a read transaction: a cheap point-in-time view that Persist
