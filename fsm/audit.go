@@ -407,10 +407,25 @@ type batchState struct {
 	cmd      Command        // and the command
 	auditCmd AppendAuditCmd // its payload when it appends audit entries
 	slab     []AuditEntry   // room for the entries of the command being applied
-	heads    map[string]*AuditHead
-	dirty    []*AuditHead
-	arena    []byte
-	audit    *bolt.Bucket
+	// heads is own, or, for a batch applied in the open transaction, the
+	// heads of that transaction (commit.go), written when it commits.
+	heads *chainHeads
+	own   chainHeads
+	arena []byte
+	audit *bolt.Bucket
+}
+
+// chainHeads are the chain heads read or moved since they were last stored.
+type chainHeads struct {
+	m     map[string]*AuditHead
+	dirty []*AuditHead
+}
+
+// reset forgets the heads (they were stored, or their transaction ended).
+func (hs *chainHeads) reset() {
+	clear(hs.m)
+	clear(hs.dirty)
+	hs.dirty = hs.dirty[:0]
 }
 
 // newEntry returns room for an appended entry: from the slab reserveEntries
@@ -451,12 +466,11 @@ func (bs *batchState) release() {
 	if cap(arena) > 4<<20 {
 		arena = nil
 	}
-	clear(bs.heads)
-	clear(bs.dirty)
+	own := bs.own
+	own.reset()
 	entries := bs.auditCmd.Entries
 	clear(entries)
-	*bs = batchState{heads: bs.heads, dirty: bs.dirty[:0], arena: arena,
-		auditCmd: AppendAuditCmd{Entries: entries[:0]}}
+	*bs = batchState{own: own, arena: arena, auditCmd: AppendAuditCmd{Entries: entries[:0]}}
 	batchStates.Put(bs)
 }
 
@@ -472,11 +486,12 @@ func (bs *batchState) auditBucket(tx *bolt.Tx) *bolt.Bucket {
 
 // head returns tenant's chain head for update; flushHeads stores it.
 func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
-	if h := bs.heads[tenant]; h != nil {
+	hs := bs.chainHeads()
+	if h := hs.m[tenant]; h != nil {
 		return h
 	}
-	if bs.heads == nil {
-		bs.heads = map[string]*AuditHead{}
+	if hs.m == nil {
+		hs.m = map[string]*AuditHead{}
 	}
 	h := &AuditHead{Tenant: tenant, FirstSeq: 1}
 	var kb [80]byte
@@ -484,9 +499,16 @@ func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
 	if v := tx.Bucket(bAuditHeads).Get(k); v != nil {
 		*h = mustDecodeHead(k, v)
 	}
-	bs.heads[tenant] = h
-	bs.dirty = append(bs.dirty, h)
+	hs.m[tenant] = h
+	hs.dirty = append(hs.dirty, h)
 	return h
+}
+
+func (bs *batchState) chainHeads() *chainHeads {
+	if bs.heads == nil {
+		bs.heads = &bs.own
+	}
+	return bs.heads
 }
 
 // Chain heads are stored binary (auditRecordV2, tenant, first seq, seq,
@@ -538,22 +560,27 @@ func mustDecodeHead(k, v []byte) AuditHead {
 // flushHeads stores the heads this batch moved and forgets them, so what
 // reads the heads bucket next sees them.
 func (bs *batchState) flushHeads(tx *bolt.Tx) {
-	if len(bs.dirty) == 0 {
-		return
+	bs.arena = bs.chainHeads().flush(tx, bs.arena)
+}
+
+// flush stores the heads and forgets them. bolt keeps keys and values until
+// tx ends: they are appended to arena, which is returned.
+func (hs *chainHeads) flush(tx *bolt.Tx, arena []byte) []byte {
+	if len(hs.dirty) == 0 {
+		return arena
 	}
 	b := tx.Bucket(bAuditHeads)
-	for _, h := range bs.dirty {
-		// bolt keeps the value until the transaction ends: the arena holds it.
-		a0 := len(bs.arena)
-		bs.arena = appendHead(bs.arena, h)
-		var kb [80]byte
-		k := append(append(kb[:0], h.Tenant...), 0)
-		if err := b.Put(k, bs.arena[a0:len(bs.arena):len(bs.arena)]); err != nil {
+	for _, h := range hs.dirty {
+		k0 := len(arena)
+		arena = append(append(arena, h.Tenant...), 0)
+		v0 := len(arena)
+		arena = appendHead(arena, h)
+		if err := b.Put(arena[k0:v0:v0], arena[v0:len(arena):len(arena)]); err != nil {
 			panic(fmt.Sprintf("fsm: put audit head %q: %v", h.Tenant, err))
 		}
 	}
-	clear(bs.heads)
-	bs.dirty = bs.dirty[:0]
+	hs.reset()
+	return arena
 }
 
 func auditKey(tenant string, seq uint64) []byte {

@@ -24,6 +24,11 @@ import (
 //   - once it holds maxOpenLogs entries, maxOpenBytes of commands or
 //     maxOpenNodes bbolt nodes.
 //
+// The chain heads the open transaction's batches move and its applied index
+// are kept in memory (FSM.openHeads, openApplied) and stored once, when it
+// commits, not per batch: nothing reads them before, and the state committed
+// is the same.
+//
 // Every other batch commits on its own, after the open transaction, as
 // before. The state file is rebuilt from raft on start, so an open
 // transaction lost in a crash loses nothing.
@@ -133,6 +138,7 @@ func (f *FSM) applyGrouped(logs []*raft.Log, out []any) ([]Change, bool) {
 		f.open = tx
 	}
 	bs := newBatchState()
+	bs.heads = &f.openHeads
 	applied := false
 	defer func() {
 		if !applied {
@@ -174,6 +180,8 @@ func (f *FSM) recoverOpen() {
 	_ = f.open.Rollback()
 	f.open = nil
 	f.releaseArenas()
+	f.openHeads.reset()
+	f.openApplied = 0
 	before := f.openLogs
 	f.openLogs, f.openN, f.openBytes = nil, 0, 0
 	f.pending.Store(false)
@@ -227,6 +235,11 @@ func (f *FSM) commitOpenLocked() error {
 	if f.open == nil {
 		return nil
 	}
+	if f.openApplied != 0 {
+		f.openArena = f.openHeads.flush(f.open, f.openArena[:0])
+		f.openArena = putApplied(f.open, f.openArena, f.openApplied)
+		f.openApplied = 0
+	}
 	err := f.open.Commit()
 	f.open = nil
 	f.releaseArenas()
@@ -249,6 +262,8 @@ func (f *FSM) discardOpen() {
 		f.open = nil
 	}
 	f.releaseArenas()
+	f.openHeads.reset()
+	f.openApplied = 0
 	clear(f.openLogs)
 	f.openLogs, f.openN, f.openBytes = f.openLogs[:0], 0, 0
 	f.pending.Store(false)

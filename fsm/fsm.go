@@ -87,12 +87,17 @@ type FSM struct {
 	openArenas []*batchState // their record arenas, which bolt references until it ends
 	openN      int           // log entries in open
 	openBytes  int           // and their commands' bytes
-	pending    atomic.Bool   // open != nil: readers must commit it first
-	nearRemap  atomic.Bool   // the file is close to the end of bolt's map
-	flushTimer *time.Timer
-	flushDelay time.Duration // flushDelay; tests lengthen it
-	failed     error         // a commit failed: the file no longer holds what was applied
-	broken     atomic.Bool   // failed != nil
+	// The chain heads the open transaction's batches moved and the index
+	// of its last entry, stored when it commits.
+	openHeads   chainHeads
+	openApplied uint64
+	openArena   []byte      // what bolt references of those until it ends
+	pending     atomic.Bool // open != nil: readers must commit it first
+	nearRemap   atomic.Bool // the file is close to the end of bolt's map
+	flushTimer  *time.Timer
+	flushDelay  time.Duration // flushDelay; tests lengthen it
+	failed      error         // a commit failed: the file no longer holds what was applied
+	broken      atomic.Bool   // failed != nil
 
 	applied atomic.Uint64
 	waitMu  sync.Mutex
@@ -230,15 +235,27 @@ func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) 
 		changes = w.changes
 	}
 	*w = wtx{}
-	bs.flushHeads(tx)
 	last := logs[len(logs)-1].Index
-	// bolt keeps the value until the transaction ends: the arena holds it.
-	a0 := len(bs.arena)
-	bs.arena = binary.BigEndian.AppendUint64(bs.arena, last)
-	if err := tx.Bucket(bMeta).Put(keyAppliedIndex, bs.arena[a0:len(bs.arena):len(bs.arena)]); err != nil {
-		panic(fmt.Sprintf("fsm: apply batch ending at %d: %v", last, err))
+	if bs.heads == &f.openHeads {
+		// The open transaction stores its heads and applied index when it
+		// commits: nothing reads them before (commit.go).
+		f.openApplied = last
+		return changes
 	}
+	bs.flushHeads(tx)
+	bs.arena = putApplied(tx, bs.arena, last)
 	return changes
+}
+
+// putApplied stores the applied index. bolt keeps the value until tx ends:
+// it is appended to arena, which is returned.
+func putApplied(tx *bolt.Tx, arena []byte, index uint64) []byte {
+	a0 := len(arena)
+	arena = binary.BigEndian.AppendUint64(arena, index)
+	if err := tx.Bucket(bMeta).Put(keyAppliedIndex, arena[a0:len(arena):len(arena)]); err != nil {
+		panic(fmt.Sprintf("fsm: apply batch ending at %d: %v", index, err))
+	}
+	return arena
 }
 
 // applyOne applies one entry, decoded into c, and stores its result in r.
