@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -365,11 +364,11 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	sum := sha256.Sum256(bs.arena[r0:])
 	bs.arena = append(bs.arena, sum[:]...)
 	key, rec := bs.arena[k0:r0:r0], bs.arena[r0:len(bs.arena):len(bs.arena)]
-	// The id and the hash share one allocation, never written again.
-	idHash := make([]byte, len(id)+hex.EncodedLen(len(sum)))
-	copy(idHash, id)
-	hex.Encode(idHash[len(id):], sum[:])
-	both := unsafe.String(&idHash[0], len(idHash))
+	// The id and the hash share the batch's text arena.
+	var ihb [auditIDHashLen + 8]byte
+	idHash := append(ihb[:0], id...)
+	idHash = hex.AppendEncode(idHash, sum[:])
+	both := bs.text.copy(idHash)
 	e.ID, e.Hash = both[:len(id)], both[len(id):]
 	if err := bs.auditBucket(w.tx).Put(key, rec); err != nil {
 		panic(fmt.Sprintf("fsm: put audit %q: %v", key, err))
@@ -378,6 +377,10 @@ func (w *wtx) appendAudit(in AuditInput) *AuditEntry {
 	w.changes = append(w.changes, Change{Index: w.index, Kind: ChangeAudit, Tenant: in.Tenant, Key: e.ID, Audit: e})
 	return e
 }
+
+// auditIDHashLen is the length of an entry's id and hash: "%016x-%04x" (at
+// least) and 64 hex digits.
+const auditIDHashLen = 16 + 1 + 4 + 64
 
 // appendAuditID appends an entry's id: its raft index and its position
 // among the entries that index appended, "%016x-%04x".
@@ -412,6 +415,7 @@ type batchState struct {
 	heads *chainHeads
 	own   chainHeads
 	arena []byte
+	text  textArena // the strings of the entries appended
 	audit *bolt.Bucket
 }
 
@@ -619,6 +623,7 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	// The batch's other commands are likely audit appends too: their
 	// entries share the slab (bounded, as one retained entry keeps it).
 	w.batch.reserveEntries(max(len(p.Entries), min(w.left, 32)))
+	w.batch.text.reserve(len(p.Entries) * auditIDHashLen)
 	w.changes = slices.Grow(w.changes, max(len(p.Entries), w.left))
 	for i := range p.Entries {
 		w.appendAudit(p.Entries[i])

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -91,6 +92,38 @@ func appendMap(b []byte, m map[string]string) []byte {
 	return b
 }
 
+// textArena hands out the bytes of strings that outlive a batch (the audit
+// entries it appends, which changes carry to consumers) from chunks shared by
+// the batch's commands: one allocation for many commands and entries instead
+// of one per command and one per entry. A chunk is a strings.Builder, whose
+// strings never change as it grows (and which allocates without zeroing);
+// chunks are never reused. A string keeps its whole chunk alive, as an entry
+// keeps the slab it is in.
+type textArena struct {
+	chunk strings.Builder // never copied: a textArena is only used in place
+	want  int             // the size of the next chunk, at least
+}
+
+// reserve makes sure the next n bytes come from one chunk: the current one
+// when it has room, else a new one of max(n, want) bytes.
+func (t *textArena) reserve(n int) {
+	if t.chunk.Cap()-t.chunk.Len() < n {
+		t.chunk = strings.Builder{}
+		t.chunk.Grow(max(n, t.want))
+	}
+}
+
+// copy returns b as a string in the arena.
+func (t *textArena) copy(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	t.reserve(len(b))
+	n0 := t.chunk.Len()
+	t.chunk.Write(b)
+	return t.chunk.String()[n0:]
+}
+
 // bdec reads a binary encoding. The first error sticks: later reads return
 // zero values, and err reports it.
 type bdec struct {
@@ -169,6 +202,23 @@ func (d *bdec) bytesN(n uint64) []byte {
 // str reads a string, which must be valid UTF-8 (the encoder only writes
 // valid UTF-8, so a decoded command re-encodes to the same bytes).
 func (d *bdec) str() string {
+	// The common case first: a short ASCII string in a shared decoder.
+	if b := d.b; d.s != "" && len(b) > 0 && b[0] < 0x80 && int(b[0]) < len(b) {
+		n := int(b[0])
+		v := b[1 : 1+n]
+		ascii := true
+		for _, c := range v {
+			if c >= utf8.RuneSelf {
+				ascii = false
+				break
+			}
+		}
+		if ascii {
+			off := d.n0 - len(b) + 1
+			d.b = b[1+n:]
+			return d.s[off : off+n]
+		}
+	}
 	n := d.uvarint()
 	off := d.n0 - len(d.b)
 	v := d.bytesN(n)

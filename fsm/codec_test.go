@@ -254,3 +254,63 @@ func TestAuditRecordForms(t *testing.T) {
 		t.Fatalf("tampered JSON record: %+v", rep)
 	}
 }
+
+// TestStrDecoding: a string decodes the same through the shared decoder's
+// short-ASCII path and through the general one, and the same inputs fail.
+func TestStrDecoding(t *testing.T) {
+	long := strings.Repeat("x", 200)
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want string
+		ok   bool
+	}{
+		{"empty", []byte{0}, "", true},
+		{"ascii", append([]byte{3}, "abc"...), "abc", true},
+		{"longest one-byte length", append([]byte{127}, strings.Repeat("y", 127)...), strings.Repeat("y", 127), true},
+		{"two-byte length", appendStr(nil, long), long, true},
+		{"non-ASCII", appendStr(nil, "héllo"), "héllo", true},
+		{"invalid UTF-8", []byte{2, 0xff, 'a'}, "", false},
+		{"length beyond the input", []byte{4, 'a', 'b'}, "", false},
+		{"length equal to what is left plus one", []byte{2, 'a'}, "", false},
+		{"non-minimal length", []byte{0x82, 0x00, 'a', 'b'}, "ab", true},
+		{"truncated length", []byte{0x80}, "", false},
+	} {
+		for _, shared := range []bool{false, true} {
+			d := newBdec(tc.in)
+			if shared {
+				d = newSharedBdec(tc.in)
+			}
+			got := d.str()
+			err := d.done()
+			if (err == nil) != tc.ok || got != tc.want {
+				t.Errorf("%s (shared %v): str() = %q, %v; want %q, ok %v", tc.name, shared, got, err, tc.want, tc.ok)
+			}
+		}
+	}
+}
+
+// TestTextArena: strings keep their bytes as the arena fills chunks and
+// starts new ones.
+func TestTextArena(t *testing.T) {
+	var ta textArena
+	ta.want = 64
+	var got, want []string
+	for i := range 200 {
+		s := strings.Repeat(string(rune('a'+i%26)), i%40)
+		b := []byte(s)
+		got = append(got, ta.copy(b))
+		for j := range b {
+			b[j] = '!' // the arena holds a copy
+		}
+		want = append(want, s)
+		if i%50 == 0 {
+			ta.reserve(100)
+		}
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("string %d = %q, want %q", i, got[i], want[i])
+		}
+	}
+}

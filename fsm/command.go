@@ -215,13 +215,14 @@ func (c Command) Encode() ([]byte, error) {
 // itself panics on the error. The payloads of a decoded command alias b.
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
-	err := decodeCommand(b, &c)
+	err := decodeCommand(b, &c, nil)
 	return c, err
 }
 
 // decodeCommand is DecodeCommand into c, which it resets first (Apply reuses
-// one Command for the entries of a batch).
-func decodeCommand(b []byte, c *Command) error {
+// one Command for the entries of a batch). The strings of an audit append
+// are copied into text when it is set (see textArena).
+func decodeCommand(b []byte, c *Command, text *textArena) error {
 	*c = Command{}
 	if len(b) == 0 {
 		return fmt.Errorf("empty command")
@@ -233,7 +234,7 @@ func decodeCommand(b []byte, c *Command) error {
 			return fmt.Errorf("decode command: %w", err)
 		}
 	case encodingV2:
-		if err := c.decodeV2(b[1:]); err != nil {
+		if err := c.decodeV2(b[1:], text); err != nil {
 			*c = Command{}
 			return fmt.Errorf("decode command: %w", err)
 		}
@@ -246,11 +247,19 @@ func decodeCommand(b []byte, c *Command) error {
 	return nil
 }
 
-func (c *Command) decodeV2(b []byte) error {
+func (c *Command) decodeV2(b []byte, text *textArena) error {
 	// One string copy of the entry holds every string of the header and of a
-	// binary payload (one allocation instead of one per field).
-	d := newSharedBdec(b)
-	t := d.uvarint()
+	// binary payload (one allocation instead of one per field, or none when
+	// text has room).
+	t, _ := binary.Uvarint(b)
+	var d *bdec
+	if text != nil && t == uint64(CmdAppendAudit) {
+		d = &c.dec
+		*d = bdec{b: b, n0: len(b), s: text.copy(b)}
+	} else {
+		d = newSharedBdec(b)
+	}
+	t = d.uvarint()
 	if t > math.MaxUint16 {
 		d.fail("command type out of range")
 	}

@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -92,15 +93,27 @@ func groupable(logs []*raft.Log) bool {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		if n += len(l.Data); n > maxGroupBytes || len(l.Data) < 2 || l.Data[0] != encodingV2 {
+		if n += len(l.Data); n > maxGroupBytes {
 			return false
 		}
-		t, k := binary.Uvarint(l.Data[1:])
-		if k <= 0 || (t != uint64(CmdAppendAudit) && t != uint64(CmdNoop)) {
+		if t := commandType(l.Data); t != CmdAppendAudit && t != CmdNoop {
 			return false
 		}
 	}
 	return true
+}
+
+// commandType is the type of a command in the binary envelope, else
+// CmdInvalid.
+func commandType(b []byte) CommandType {
+	if len(b) < 2 || b[0] != encodingV2 {
+		return CmdInvalid
+	}
+	t, k := binary.Uvarint(b[1:])
+	if k <= 0 || t > math.MaxUint16 {
+		return CmdInvalid
+	}
+	return CommandType(t)
 }
 
 // nearRemap reports whether tx's file is within remapMargin of the end of

@@ -221,7 +221,15 @@ func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) 
 	w := &bs.w
 	// The results share one allocation.
 	var results []Result
+	// The text arena's chunks are sized for the rest of the batch's audit
+	// appends: their commands and, for each, about one entry's id and hash.
+	rest := 0
+	for _, l := range logs {
+		rest += textSize(l)
+	}
 	for i, l := range logs {
+		bs.text.want = rest
+		rest -= textSize(l)
 		if l.Type != raft.LogCommand {
 			continue
 		}
@@ -247,6 +255,16 @@ func (f *FSM) applyTx(tx *bolt.Tx, bs *batchState, logs []*raft.Log, out []any) 
 	return changes
 }
 
+// textSize is how much of a batch's text arena l takes, about: its command
+// and one entry's id and hash if it is an audit append in the binary
+// envelope (the one decoded into the arena), else nothing.
+func textSize(l *raft.Log) int {
+	if l.Type != raft.LogCommand || commandType(l.Data) != CmdAppendAudit {
+		return 0
+	}
+	return len(l.Data) + auditIDHashLen
+}
+
 // putApplied stores the applied index. bolt keeps the value until tx ends:
 // it is appended to arena, which is returned.
 func putApplied(tx *bolt.Tx, arena []byte, index uint64) []byte {
@@ -260,7 +278,7 @@ func putApplied(tx *bolt.Tx, arena []byte, index uint64) []byte {
 
 // applyOne applies one entry, decoded into c, and stores its result in r.
 func (f *FSM) applyOne(w *wtx, c *Command, l *raft.Log, r *Result) {
-	if err := decodeCommand(l.Data, c); err != nil {
+	if err := decodeCommand(l.Data, c, &w.batch.text); err != nil {
 		panic(fmt.Sprintf("fsm: entry %d: %v", l.Index, err))
 	}
 	w.hdr = &c.Header
