@@ -101,7 +101,7 @@ func appendMap(b []byte, m map[string]string) []byte {
 // keeps the slab it is in.
 type textArena struct {
 	chunk strings.Builder // never copied: a textArena is only used in place
-	want  int             // the size of the next chunk, at least
+	want  int             // the size of the next chunk, at least: what is left to copy, about
 }
 
 // reserve makes sure the next n bytes come from one chunk: the current one
@@ -119,6 +119,7 @@ func (t *textArena) copy(b []byte) string {
 		return ""
 	}
 	t.reserve(len(b))
+	t.want = max(t.want-len(b), 0)
 	n0 := t.chunk.Len()
 	t.chunk.Write(b)
 	return t.chunk.String()[n0:]
