@@ -94,6 +94,16 @@ func BenchmarkApplyAuditSingleBatch1(b *testing.B) {
 	})
 }
 
+// BenchmarkApplyAuditSingleBatch5: one entry per command, five commands per
+// raft batch (what raft hands the state machine in BenchmarkRaftWrites at
+// concurrency 64).
+func BenchmarkApplyAuditSingleBatch5(b *testing.B) {
+	benchApply(b, 5, 1, func(i int) []byte {
+		return mustEncode(b, CmdAppendAudit, Header{Principal: sysP, Time: baseTime.UnixNano()},
+			&AppendAuditCmd{Entries: []AuditInput{benchAuditInput(i)}})
+	})
+}
+
 // BenchmarkApplyAuditSingleBatch1Read: the same with a read after every
 // batch, so every batch is committed on its own (the cost before group
 // commit, now paid by the first read after a write).
