@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -338,9 +339,14 @@ func newBareCluster(b *testing.B) *bareCluster {
 			b.Fatal(err)
 		}
 		id := fmt.Sprintf("bare%d", i)
-		logs, err := raft.NewLogCache(cluster.LogCacheSize, store)
-		if err != nil {
-			b.Fatal(err)
+		// The same log cache as cluster.New, so that ratio measures only
+		// what our layers add; BARE_STOCK=1 leaves it out (hashicorp/raft
+		// and raft-boltdb as they come) for a product-versus-stock figure.
+		var logs raft.LogStore = store
+		if os.Getenv("BARE_STOCK") == "" {
+			if logs, err = raft.NewLogCache(cluster.LogCacheSize, store); err != nil {
+				b.Fatal(err)
+			}
 		}
 		r, err := raft.NewRaft(benchRaftConfig(id), nopFSM{}, logs, store, snaps, tr)
 		if err != nil {
