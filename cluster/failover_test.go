@@ -11,28 +11,6 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// cluster3 bootstraps n1 and adds n2 and n3 as voters, each configured by mut.
-func cluster3(t *testing.T, mut func(*Config)) []*testNode {
-	t.Helper()
-	nodes := []*testNode{newTestNode(t, "n1", true, mut), newTestNode(t, "n2", false, mut), newTestNode(t, "n3", false, mut)}
-	if _, err := nodes[0].WaitForLeader(ctxFor(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range nodes[1:] {
-		if err := nodes[0].AddVoter(n.ID(), n.RaftAddr()); err != nil {
-			t.Fatalf("add voter %s: %v", n.ID(), err)
-		}
-	}
-	for _, n := range nodes {
-		waitFor(t, 10*time.Second, n.ID()+" to follow n1 with three voters", func() bool {
-			id, _ := n.Leader()
-			s, err := n.Servers()
-			return id == "n1" && err == nil && len(s) == 3 && s[2].Suffrage == "voter"
-		})
-	}
-	return nodes
-}
-
 func leaderOf(nodes []*testNode) *testNode {
 	for _, n := range nodes {
 		if n.IsLeader() {

@@ -91,9 +91,12 @@ func apply(t *testing.T, n *testNode) uint64 {
 }
 
 // threeNodes bootstraps n1 and adds n2 and n3 as voters.
-func threeNodes(t *testing.T) []*testNode {
+func threeNodes(t *testing.T) []*testNode { return cluster3(t, nil) }
+
+// cluster3 is threeNodes with each node's config adjusted by mut.
+func cluster3(t *testing.T, mut func(*Config)) []*testNode {
 	t.Helper()
-	nodes := []*testNode{newTestNode(t, "n1", true, nil), newTestNode(t, "n2", false, nil), newTestNode(t, "n3", false, nil)}
+	nodes := []*testNode{newTestNode(t, "n1", true, mut), newTestNode(t, "n2", false, mut), newTestNode(t, "n3", false, mut)}
 	if _, err := nodes[0].WaitForLeader(ctxFor(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
