@@ -53,6 +53,7 @@ import (
 // raft runs with the configured heartbeat timeout plus kickSlack, and a kick
 // lowers it to the configured value and restores it.
 type failover struct {
+	id      raft.ServerID // this server
 	hb      time.Duration // configured heartbeat timeout: silence this long means the leader is gone
 	resting time.Duration // raft's HeartbeatTimeout between kicks (hb + kickSlack)
 	log     *slog.Logger
@@ -72,8 +73,8 @@ type failover struct {
 // the leader lease, which defaults to the heartbeat timeout).
 const kickSlack = time.Millisecond
 
-func newFailover(hb time.Duration, log *slog.Logger) *failover {
-	return &failover{hb: hb, resting: hb + kickSlack, log: log, deferTo: map[raft.ServerID]time.Time{}}
+func newFailover(id raft.ServerID, hb time.Duration, log *slog.Logger) *failover {
+	return &failover{id: id, hb: hb, resting: hb + kickSlack, log: log, deferTo: map[raft.ServerID]time.Time{}}
 }
 
 // raftTimeouts returns the heartbeat and election timeouts to start raft with.
@@ -168,9 +169,18 @@ const silencePoll = 5 * time.Millisecond
 // (raft's transport hands them to raft directly), so a live leader is seen
 // while a request is held, and the request is then judged — and refused — at
 // once.
-func (f *failover) voteRequest(candidate raft.ServerID, closing <-chan struct{}) {
+//
+// preVoteTerm is the term a pre-vote request asks for (0 for a vote
+// request): see crossing.
+func (f *failover) voteRequest(candidate raft.ServerID, preVoteTerm uint64, closing <-chan struct{}) {
 	r := f.raft.Load()
-	if r == nil || r.State() != raft.Follower {
+	if r == nil {
+		return
+	}
+	if st := r.State(); st == raft.Candidate && preVoteTerm != 0 {
+		f.crossing(r, candidate, preVoteTerm, closing)
+		return
+	} else if st != raft.Follower {
 		return
 	}
 	if _, id := r.LeaderWithID(); id == "" || id == candidate {
@@ -208,6 +218,40 @@ func (f *failover) voteRequest(candidate raft.ServerID, closing <-chan struct{})
 		}
 	}
 	f.log.Info("raft: vote request while the leader is silent; timed out first", "candidate", string(candidate), "state", r.State().String())
+}
+
+// crossing handles a pre-vote request from candidate reaching this server
+// while it runs its own pre-vote for the same term: both followers
+// campaigned within a few milliseconds of each other. Raft would grant it
+// (no leader, logs alike), the other would grant this server's, and both
+// would start the same term's election and split the vote (FAULTS.md: 2 of
+// 81 leader losses, ~1.05 s). So one of the two — the one with the lower
+// id, the same rule on both sides — holds the other's request until its own
+// pre-vote is decided (its term moves on or it leaves the candidate state),
+// or for an eighth of the heartbeat timeout at most: if this server's log is
+// the shorter one, its own pre-vote fails and the other's is then granted.
+func (f *failover) crossing(r *raft.Raft, candidate raft.ServerID, preVoteTerm uint64, closing <-chan struct{}) {
+	term := r.CurrentTerm()
+	if !holdsCrossing(f.id, candidate, term, preVoteTerm) {
+		return
+	}
+	start := time.Now()
+	deadline := start.Add(f.hb / 8)
+	for r.State() == raft.Candidate && r.CurrentTerm() == term && time.Now().Before(deadline) {
+		select {
+		case <-closing:
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+	f.log.Info("raft: pre-votes crossed; held the other candidate's until ours was decided",
+		"candidate", string(candidate), "held", time.Since(start).Round(time.Millisecond), "state", r.State().String())
+}
+
+// holdsCrossing reports whether server self, a candidate at term, holds a
+// pre-vote request from candidate for preVoteTerm (crossing).
+func holdsCrossing(self, candidate raft.ServerID, term, preVoteTerm uint64) bool {
+	return preVoteTerm == term+1 && self < candidate
 }
 
 // giveWay delays this server's own vote request to target while it gives way

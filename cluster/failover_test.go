@@ -88,7 +88,7 @@ func TestVoteRequestClearsStaleLeader(t *testing.T) {
 	})
 	// n2's raft timer may tick first (then there is nothing to clear);
 	// the request is the candidate's as long as n2 still follows n1.
-	fo.voteRequest(raft.ServerID(n3.ID()), n2.closing)
+	fo.voteRequest(raft.ServerID(n3.ID()), 0, n2.closing)
 	if _, v := n2.ElectionKicks(); v == 0 {
 		if id, _ := n2.Leader(); id == "n1" {
 			t.Fatalf("n2 still follows the dead n1 after a vote request (state %s)", n2.State())
@@ -116,7 +116,7 @@ func TestVoteRequestWithLiveLeaderRefused(t *testing.T) {
 	nodes := cluster3(t, func(c *Config) { c.noSilenceWatch = true })
 	n2 := nodes[1]
 	apply(t, nodes[0])
-	n2.failover.voteRequest("n3", n2.closing)
+	n2.failover.voteRequest("n3", 0, n2.closing)
 	if _, v := n2.ElectionKicks(); v != 0 {
 		t.Errorf("vote kicks = %d with a live leader, want 0", v)
 	}
@@ -150,4 +150,30 @@ func restart(t *testing.T, old *testNode) *testNode {
 		f.Close()
 	})
 	return &testNode{Node: n, fsm: f}
+}
+
+// TestCrossingPreVotes: of two candidates whose pre-votes for the same term
+// cross, exactly one holds the other's request (the lower id), so they do
+// not grant each other's and split the next term's vote; requests for
+// another term are never held.
+func TestCrossingPreVotes(t *testing.T) {
+	for _, c := range []struct {
+		self, cand        raft.ServerID
+		term, preVoteTerm uint64
+		want              bool
+	}{
+		{"n2", "n3", 5, 6, true},
+		{"n3", "n2", 5, 6, false}, // the other side of the same crossing
+		{"n2", "n3", 5, 5, false}, // a request this server's term already passed
+		{"n2", "n3", 5, 7, false}, // a candidate a term ahead: not a crossing
+		{"a", "b", 0, 1, true},
+	} {
+		if got := holdsCrossing(c.self, c.cand, c.term, c.preVoteTerm); got != c.want {
+			t.Errorf("holdsCrossing(%s, %s, term %d, pre-vote term %d) = %v, want %v", c.self, c.cand, c.term, c.preVoteTerm, got, c.want)
+		}
+		// Exactly one of the two sides of a crossing holds.
+		if c.preVoteTerm == c.term+1 && holdsCrossing(c.self, c.cand, c.term, c.preVoteTerm) == holdsCrossing(c.cand, c.self, c.term, c.preVoteTerm) {
+			t.Errorf("%s and %s both hold or both grant", c.self, c.cand)
+		}
+	}
 }

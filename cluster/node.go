@@ -225,7 +225,7 @@ func New(cfg Config, f *fsm.FSM) (*Node, error) {
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
-	n.failover = newFailover(cfg.HeartbeatTimeout, n.log)
+	n.failover = newFailover(raft.ServerID(cfg.NodeID), cfg.HeartbeatTimeout, n.log)
 	rc.HeartbeatTimeout, rc.ElectionTimeout = n.failover.raftTimeouts(cfg.ElectionTimeout)
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = cfg.CommitTimeout

@@ -107,9 +107,10 @@ func (t *guardedTransport) forward() {
 			return
 		case rpc := <-in:
 			var candidate []byte
+			var preVoteTerm uint64
 			switch req := rpc.Command.(type) {
 			case *raft.RequestPreVoteRequest:
-				candidate = req.ID
+				candidate, preVoteTerm = req.ID, req.Term
 			case *raft.RequestVoteRequest:
 				candidate = req.ID
 			}
@@ -118,7 +119,7 @@ func (t *guardedTransport) forward() {
 				continue
 			}
 			go func() {
-				t.failover.voteRequest(raft.ServerID(candidate), t.done)
+				t.failover.voteRequest(raft.ServerID(candidate), preVoteTerm, t.done)
 				t.deliver(rpc)
 			}()
 		}
