@@ -190,15 +190,9 @@ func (f *failover) voteRequest(candidate raft.ServerID, preVoteTerm uint64, clos
 	if lc.IsZero() || time.Since(lc) < f.hb/2 {
 		return // the leader spoke recently: raft refuses, as it should
 	}
-	for time.Since(lc) < f.resting {
-		select {
-		case <-closing:
-			return
-		case <-time.After(time.Millisecond):
-		}
-		if r.State() != raft.Follower || !r.LastContact().Equal(lc) {
-			return
-		}
+	heard := func() bool { return r.State() != raft.Follower || !r.LastContact().Equal(lc) }
+	if closed := waitUntil(closing, lc.Add(f.resting), heard); closed || heard() {
+		return
 	}
 	f.mu.Lock()
 	f.deferTo[candidate] = time.Now().Add(2 * f.hb)
@@ -209,13 +203,8 @@ func (f *failover) voteRequest(candidate raft.ServerID, preVoteTerm uint64, clos
 	f.voteKicks.Add(1)
 	// Raft times out on its next loop; wait for it (bounded: a raft too
 	// busy to do it in time simply judges the request as it stands).
-	deadline := time.Now().Add(f.hb / 4)
-	for r.State() == raft.Follower && time.Now().Before(deadline) {
-		select {
-		case <-closing:
-			return
-		case <-time.After(time.Millisecond):
-		}
+	if waitUntil(closing, time.Now().Add(f.hb/4), func() bool { return r.State() != raft.Follower }) {
+		return
 	}
 	f.log.Info("raft: vote request while the leader is silent; timed out first", "candidate", string(candidate), "state", r.State().String())
 }
@@ -236,16 +225,30 @@ func (f *failover) crossing(r *raft.Raft, candidate raft.ServerID, preVoteTerm u
 		return
 	}
 	start := time.Now()
-	deadline := start.Add(f.hb / 8)
-	for r.State() == raft.Candidate && r.CurrentTerm() == term && time.Now().Before(deadline) {
-		select {
-		case <-closing:
-			return
-		case <-time.After(time.Millisecond):
-		}
+	decided := func() bool { return r.State() != raft.Candidate || r.CurrentTerm() != term }
+	if waitUntil(closing, start.Add(f.hb/8), decided) {
+		return
 	}
 	f.log.Info("raft: pre-votes crossed; held the other candidate's until ours was decided",
 		"candidate", string(candidate), "held", time.Since(start).Round(time.Millisecond), "state", r.State().String())
+}
+
+// waitUntil polls done every millisecond until it holds or deadline passes;
+// it reports whether closing closed first. Raft signals none of the states
+// waited for here (its observers see leader changes, not a follower timing
+// out or a pre-vote being decided), and each wait is bounded by a fraction
+// of the heartbeat timeout.
+func waitUntil(closing <-chan struct{}, deadline time.Time, done func() bool) (closed bool) {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !done() && time.Now().Before(deadline) {
+		select {
+		case <-closing:
+			return true
+		case <-tick.C:
+		}
+	}
+	return false
 }
 
 // holdsCrossing reports whether server self, a candidate at term, holds a
