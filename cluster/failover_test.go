@@ -1,13 +1,10 @@
 package cluster
 
 import (
-	"log/slog"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/allsource/guard/fsm"
 	"github.com/hashicorp/raft"
 )
 
@@ -134,22 +131,9 @@ func TestVoteRequestWithLiveLeaderRefused(t *testing.T) {
 func restart(t *testing.T, old *testNode) *testNode {
 	t.Helper()
 	old.fsm.Close()
-	f, err := fsm.Open(filepath.Join(old.cfg.DataDir, "fsm"), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := old.cfg
 	cfg.RaftBind, cfg.RaftAdvertise, cfg.Bootstrap = old.RaftAddr(), old.RaftAddr(), false
-	n, err := New(cfg, f)
-	if err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		n.Shutdown()
-		f.Close()
-	})
-	return &testNode{Node: n, fsm: f}
+	return startTestNode(t, cfg)
 }
 
 // TestCrossingPreVotes: of two candidates whose pre-votes for the same term

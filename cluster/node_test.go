@@ -48,15 +48,21 @@ type testNode struct {
 // may adjust the config (gossip, promotion).
 func newTestNode(t *testing.T, id string, bootstrap bool, mut func(*Config)) *testNode {
 	t.Helper()
-	dir := t.TempDir()
-	f, err := fsm.Open(filepath.Join(dir, "fsm"), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{NodeID: id, DataDir: dir, RaftBind: "127.0.0.1:0", Bootstrap: bootstrap,
+	cfg := Config{NodeID: id, DataDir: t.TempDir(), RaftBind: "127.0.0.1:0", Bootstrap: bootstrap,
 		Logger: slog.New(slog.DiscardHandler)}
 	if mut != nil {
 		mut(&cfg)
+	}
+	return startTestNode(t, cfg)
+}
+
+// startTestNode opens the state machine in cfg.DataDir and starts a node on
+// it, shut down when the test ends.
+func startTestNode(t *testing.T, cfg Config) *testNode {
+	t.Helper()
+	f, err := fsm.Open(filepath.Join(cfg.DataDir, "fsm"), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
 	}
 	n, err := New(cfg, f)
 	if err != nil {
