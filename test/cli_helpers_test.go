@@ -48,18 +48,26 @@ func operatorServer(t *testing.T, dir, id, httpAddr string, args []string) (*ser
 	return p, []string{"ALLSOURCE_ADDR=http://" + httpAddr, "ALLSOURCE_TOKEN=" + tok}
 }
 
+// runBinSettled runs the CLI like runBin, again while the answer is one a
+// just-started cluster gives (503 not_leader while it elects, 503
+// unavailable while its key material loads); any other answer, success or
+// failure, is returned.
+func runBinSettled(t *testing.T, bin, stdin string, env []string, args ...string) (out, stderr string, err error) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "allsource "+strings.Join(args, " ")+" to answer other than 503", func() bool {
+		out, stderr, err = runBin(bin, stdin, env, args...)
+		return err == nil || !strings.Contains(stderr, "not_leader") && !strings.Contains(stderr, "unavailable (503)")
+	})
+	return out, stderr, err
+}
+
 // cliMust returns a runner of CLI commands that must succeed; the first
 // calls may meet the cluster still electing (503 not_leader) or its key
 // material not loaded yet (503 unavailable) and are retried.
 func cliMust(t *testing.T, bin string, env []string) func(stdin string, args ...string) string {
 	return func(stdin string, args ...string) string {
 		t.Helper()
-		var out, stderr string
-		var err error
-		waitFor(t, 30*time.Second, "allsource "+strings.Join(args, " "), func() bool {
-			out, stderr, err = runBin(bin, stdin, env, args...)
-			return err == nil || !strings.Contains(stderr, "not_leader") && !strings.Contains(stderr, "unavailable (503)")
-		})
+		out, stderr, err := runBinSettled(t, bin, stdin, env, args...)
 		if err != nil {
 			t.Fatalf("allsource %s: %v: %s", strings.Join(args, " "), err, stderr)
 		}

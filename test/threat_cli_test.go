@@ -19,14 +19,9 @@ func TestMFAAndThreatCLI(t *testing.T) {
 	cli("", "tenant", "create", "acme")
 	var carol struct{ ID string }
 	jsonInto(t, cli(cliPassword+"\n", "user", "create", "-tenant", "acme", "carol", "-role", "developer"), &carol)
-	// login retries while the server is still loading its key material
-	// (503, right after the start); every other answer is the test's.
-	login := func(extra ...string) (out, stderr string, err error) {
-		waitFor(t, 30*time.Second, "login to answer other than 503", func() bool {
-			out, stderr, err = runBin(bin, cliPassword+"\n", withToken(env, ""), append([]string{"login", "acme", "carol"}, extra...)...)
-			return err == nil || !strings.Contains(stderr, "unavailable (503)")
-		})
-		return out, stderr, err
+	// The first login may meet the key material still loading (503).
+	login := func(extra ...string) (string, string, error) {
+		return runBinSettled(t, bin, cliPassword+"\n", withToken(env, ""), append([]string{"login", "acme", "carol"}, extra...)...)
 	}
 	out, stderr, err := login()
 	if err != nil {
