@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,8 +44,13 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkRaftWrites -benchtime 5s ./test/
 func BenchmarkRaftWrites(b *testing.B) {
-	ours := newOursCluster(b)
-	bare := newBareCluster(b)
+	// Each cluster starts under a pprof label, which every goroutine it
+	// spawns inherits, so that a -cpuprofile splits by series:
+	// go tool pprof -tagfocus series=ours …
+	var ours *oursCluster
+	var bare *bareCluster
+	pprof.Do(context.Background(), pprof.Labels("series", "ours"), func(context.Context) { ours = newOursCluster(b) })
+	pprof.Do(context.Background(), pprof.Labels("series", "bare"), func(context.Context) { bare = newBareCluster(b) })
 	cmdSize := len(mustEncode(b, auditCommand(0)))
 	series := []struct {
 		name  string
@@ -52,6 +59,15 @@ func BenchmarkRaftWrites(b *testing.B) {
 		{"bare", bare.apply},
 		{"ours", ours.apply},
 		{"noop", ours.applyNoop},
+	}
+	if only := os.Getenv("BENCH_SERIES"); only != "" { // e.g. "ours", for a profile of one series
+		kept := series[:0]
+		for _, s := range series {
+			if strings.Contains(","+only+",", ","+s.name+",") {
+				kept = append(kept, s)
+			}
+		}
+		series = kept
 	}
 	for _, conc := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("c=%d", conc), func(b *testing.B) {
@@ -77,7 +93,9 @@ func BenchmarkRaftWrites(b *testing.B) {
 				b.ReportMetric(rate(i), s.name+"_writes/s")
 				b.ReportMetric(float64(cpu[i].Microseconds())/float64(b.N), s.name+"_cpu_µs/write")
 			}
-			b.ReportMetric(rate(1)/rate(0), "ratio")
+			if len(series) == 3 {
+				b.ReportMetric(rate(1)/rate(0), "ratio")
+			}
 			b.ReportMetric(float64(ours.leader.changes.Load()-oursChanges), "ours_leader_changes")
 			b.ReportMetric(float64(bare.leader.changes.Load()-bareChanges), "bare_leader_changes")
 			b.ReportMetric(float64(cmdSize), "ours_cmd_bytes")
