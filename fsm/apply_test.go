@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/allsource/guard/auth"
 	"github.com/hashicorp/raft"
@@ -339,5 +340,43 @@ func TestDeterminism(t *testing.T) {
 		if !reflect.DeepEqual(a.changes, other.changes) {
 			t.Errorf("%s: reported changes differ from the one-by-one replica", name)
 		}
+	}
+}
+
+// TestAuditEntriesShareSlabs: the entries of a batch's single-entry audit
+// appends are allocated together, one slab per 32 commands, also in batches
+// longer than that (raft hands followers up to 64 entries). Every command
+// of such a batch used to allocate a fresh 32-entry slab.
+func TestAuditEntriesShareSlabs(t *testing.T) {
+	var entries []*AuditEntry
+	f, err := Open(t.TempDir(), Options{Logger: quietLogger(), OnApply: func(_ uint64, ch []Change) {
+		for _, c := range ch {
+			if c.Audit != nil {
+				entries = append(entries, c.Audit)
+			}
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const n = 64
+	logs := make([]*raft.Log, n)
+	for i := range logs {
+		logs[i] = cmdLog(uint64(i+1), mustEncode(t, CmdAppendAudit, Header{Principal: sysP, Time: baseTime.UnixNano()},
+			&AppendAuditCmd{Entries: []AuditInput{benchAuditInput(i)}}))
+	}
+	f.ApplyBatch(logs)
+	if len(entries) != n {
+		t.Fatalf("%d audit changes, want %d", len(entries), n)
+	}
+	slabs := 1
+	for i := 1; i < n; i++ {
+		if uintptr(unsafe.Pointer(entries[i])) != uintptr(unsafe.Pointer(entries[i-1]))+unsafe.Sizeof(AuditEntry{}) {
+			slabs++
+		}
+	}
+	if slabs > n/32 {
+		t.Fatalf("the %d entries of one batch are in %d allocations, want at most %d", n, slabs, n/32)
 	}
 }

@@ -442,12 +442,14 @@ func (bs *batchState) newEntry() *AuditEntry {
 	return &AuditEntry{}
 }
 
-// reserveEntries makes room for n entries in one allocation (a command's
-// entries, or the next audit commands' of the batch). The entries
-// outlive the batch (Change.Audit), so the slab is never reused.
-func (bs *batchState) reserveEntries(n int) {
-	if cap(bs.slab)-len(bs.slab) < n {
-		bs.slab = make([]AuditEntry, 0, n)
+// reserveEntries makes room for a command's need entries: when the slab
+// has less room left, it is replaced by one with room for ahead entries
+// (at least need), so that the next audit commands of the batch share the
+// allocation. The entries outlive the batch (Change.Audit), so the slab is
+// never reused.
+func (bs *batchState) reserveEntries(need, ahead int) {
+	if cap(bs.slab)-len(bs.slab) < need {
+		bs.slab = make([]AuditEntry, 0, max(need, ahead))
 	}
 }
 
@@ -622,7 +624,7 @@ func applyAppendAudit(w *wtx, c *Command) (any, *Error) {
 	w.batch.reserve(len(c.BinPayload) + len(c.Payload) + 160*len(p.Entries))
 	// The batch's other commands are likely audit appends too: their
 	// entries share the slab (bounded, as one retained entry keeps it).
-	w.batch.reserveEntries(max(len(p.Entries), min(w.left, 32)))
+	w.batch.reserveEntries(len(p.Entries), min(w.left, 32))
 	w.batch.text.reserve(len(p.Entries) * auditIDHashLen)
 	w.changes = slices.Grow(w.changes, max(len(p.Entries), w.left))
 	for i := range p.Entries {
