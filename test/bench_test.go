@@ -37,7 +37,7 @@ import (
 //     costs the envelope's decode and the bolt transaction per batch but
 //     no state change.
 //
-// Each sub-benchmark runs b.N writes on each series, interleaved in four
+// Each sub-benchmark runs b.N writes on each series, interleaved in twelve
 // rounds so that a noisy neighbour hurts them alike, and reports writes/s
 // and process CPU per write for each, and ratio = ours/bare (goal ≥ 0.9,
 // DESIGN.md §9). ns/op covers all series together and means nothing here.
@@ -74,7 +74,7 @@ func BenchmarkRaftWrites(b *testing.B) {
 			oursChanges, bareChanges := ours.leader.changes.Load(), bare.leader.changes.Load()
 			wall := make([]time.Duration, len(series))
 			cpu := make([]time.Duration, len(series))
-			const rounds = 4
+			const rounds = 12
 			for r := 0; r < rounds; r++ {
 				n := b.N / rounds
 				if r == rounds-1 {
