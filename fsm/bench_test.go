@@ -85,6 +85,17 @@ func BenchmarkApplyAuditSingle(b *testing.B) {
 	})
 }
 
+// BenchmarkApplyAuditSingleBatch64: one entry per command, 64 commands per
+// raft batch (what followers are handed at high concurrency: raft sends up to
+// MaxAppendEntries entries at once). Batches longer than 32 commands used to
+// allocate a fresh slab of entries per command (TestAuditEntriesShareSlabs).
+func BenchmarkApplyAuditSingleBatch64(b *testing.B) {
+	benchApply(b, 64, 1, func(i int) []byte {
+		return mustEncode(b, CmdAppendAudit, Header{Principal: sysP, Time: baseTime.UnixNano()},
+			&AppendAuditCmd{Entries: []AuditInput{benchAuditInput(i)}})
+	})
+}
+
 // BenchmarkApplyAuditSingleBatch1: one entry per command, one command per
 // raft batch (concurrency 1).
 func BenchmarkApplyAuditSingleBatch1(b *testing.B) {
