@@ -865,43 +865,57 @@ func (s *Server) kmsItem(r *http.Request, p fsm.Principal, op, reqKey string, it
 	}
 	key = az.stored
 	kc := kms.Context{Tenant: tenant, Field: c.Field}
-	enc := s.kms.cfg.Encryptor
 	ctx := r.Context()
 	res.Key = kmsDisplayName(p, key)
+	// A key version rotated in a moment ago through another server may not
+	// be applied here yet: catch up and try once more before answering that
+	// it does not exist.
+	applied := s.fsm.AppliedIndex()
+	err = s.kmsCrypt(ctx, op, key, it, ct, ctVersion, kc, &res)
+	if errors.Is(err, kms.ErrKeyNotFound) && s.catchUp(ctx, applied) {
+		err = s.kmsCrypt(ctx, op, key, it, ct, ctVersion, kc, &res)
+	}
+	return res, tenant, key, err
+}
+
+// kmsCrypt runs an item's operation with key (its stored name) and puts its
+// output in res.
+func (s *Server) kmsCrypt(ctx context.Context, op, key string, it *kmsItemReq, ct []byte, ctVersion int, kc kms.Context, res *kmsItemResult) error {
+	enc := s.kms.cfg.Encryptor
 	switch op {
 	case kmsOpEncrypt:
 		pt, err := base64.StdEncoding.DecodeString(it.Plaintext)
 		if err != nil {
-			return res, tenant, key, apiErr(http.StatusBadRequest, CodeInvalidArgument, "plaintext must be standard base64")
+			return apiErr(http.StatusBadRequest, CodeInvalidArgument, "plaintext must be standard base64")
 		}
 		out, err := enc.EncryptField(ctx, key, pt, kc)
 		clear(pt)
 		if err != nil {
-			return res, tenant, key, err
+			return err
 		}
 		res.Ciphertext, res.KeyVersion = kms.EncodeText(out), ciphertextVersion(out)
 	case kmsOpDecrypt:
 		pt, err := enc.DecryptField(ctx, key, ct, kc)
 		if err != nil {
-			return res, tenant, key, err
+			return err
 		}
 		res.Plaintext, res.KeyVersion = base64.StdEncoding.EncodeToString(pt), ctVersion
 		clear(pt)
 	case kmsOpRewrap:
 		out, err := enc.Rewrap(ctx, key, ct, kc)
 		if err != nil {
-			return res, tenant, key, err
+			return err
 		}
 		res.Ciphertext, res.KeyVersion = kms.EncodeText(out), ciphertextVersion(out)
 	case kmsOpDataKey:
 		dk, err := enc.GenerateDataKey(ctx, key, kc)
 		if err != nil {
-			return res, tenant, key, err
+			return err
 		}
 		res.Plaintext, res.Ciphertext, res.KeyVersion = base64.StdEncoding.EncodeToString(dk.Plaintext), kms.EncodeText(dk.Ciphertext), dk.KeyVersion
 		clear(dk.Plaintext)
 	}
-	return res, tenant, key, nil
+	return nil
 }
 
 func ciphertextVersion(ct []byte) int {
@@ -952,19 +966,12 @@ func (s *Server) usableKMSKey(ctx context.Context, p fsm.Principal, tenant, key 
 		})
 		return k
 	}
+	seen := s.fsm.AppliedIndex()
 	k := load()
-	if k == nil && !s.node.IsLeader() {
-		// A key created a moment ago on the leader may be committed but not
-		// yet applied here: catch up with what this server knows is
-		// committed (briefly) before answering that it does not exist.
-		if idx := s.node.CommitIndex(); s.fsm.AppliedIndex() < idx {
-			select {
-			case <-s.fsm.AppliedCh(idx):
-				k = load()
-			case <-time.After(2 * time.Second):
-			case <-ctx.Done():
-			}
-		}
+	// A key created a moment ago through another server may not be applied
+	// here yet: catch up before answering that it does not exist.
+	if k == nil && s.catchUp(ctx, seen) {
+		k = load()
 	}
 	if k == nil || !p.IsOperator() && !k.UsableBy(tenant) {
 		return "", kmsKeyNotFound(key)

@@ -84,6 +84,8 @@ type Server struct {
 	reg     *prometheus.Registry
 	id      *identity // users, logins, tokens, API keys, IP rules (EnableIdentity)
 	kms     *kmsState // the KMS endpoints (EnableKMS)
+	// leaderCalls holds a slot per call to the leader in flight (catchup.go).
+	leaderCalls chan struct{}
 }
 
 // New builds the API server.
@@ -103,7 +105,8 @@ func New(cfg Config, node Node, f *fsm.FSM) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, node: node, fsm: f, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, node: node, fsm: f, log: cfg.Logger.With("component", "api"), mux: http.NewServeMux(),
+		leaderCalls: make(chan struct{}, maxLeaderIndexCalls)}
 	s.reg = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.reg, node)
 	tr := &http.Transport{
