@@ -380,3 +380,75 @@ func TestAuditEntriesShareSlabs(t *testing.T) {
 		t.Fatalf("the %d entries of one batch are in %d allocations, want at most %d", n, slabs, n/32)
 	}
 }
+
+// TestDetachedOwnsItsStrings: an entry handed out by Apply shares its
+// batch's text; its Detached copy is equal and shares none of it (its
+// strings, metadata included, lie in one allocation of their own).
+func TestDetachedOwnsItsStrings(t *testing.T) {
+	var got []*AuditEntry
+	f, err := Open(t.TempDir(), Options{Logger: quietLogger(), OnApply: func(_ uint64, ch []Change) {
+		for _, c := range ch {
+			if c.Audit != nil {
+				got = append(got, c.Audit)
+			}
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	in := benchAuditInput(1)
+	in.UserAgent, in.Error, in.Metadata = "agent/1", "denied", map[string]string{"role": "admin", "count": "3"}
+	var logs []*raft.Log
+	for i := range 8 {
+		logs = append(logs, cmdLog(uint64(i+1), mustEncode(t, CmdAppendAudit, Header{Principal: sysP, Time: baseTime.UnixNano()},
+			&AppendAuditCmd{Entries: []AuditInput{in}})))
+	}
+	f.ApplyBatch(logs)
+	if len(got) != 8 {
+		t.Fatalf("%d entries handed out, want 8", len(got))
+	}
+	orig := got[3]
+	d := orig.Detached()
+	if !reflect.DeepEqual(d, orig) {
+		t.Fatalf("Detached() = %+v, want %+v", d, orig)
+	}
+	strs := func(e *AuditEntry) []string {
+		out := []string{e.ID, e.Tenant, string(e.Action), string(e.Actor.Kind), e.Actor.ID, e.Actor.Name, e.Actor.Role,
+			e.Resource, string(e.Outcome), e.IP, e.UserAgent, e.RequestID, e.Error, e.PrevHash, e.Hash}
+		for k, v := range e.Metadata {
+			out = append(out, k, v)
+		}
+		return out
+	}
+	span := func(s string) (lo, hi uintptr) {
+		p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		return p, p + uintptr(len(s))
+	}
+	var lo, hi uintptr
+	total := 0
+	for _, s := range strs(d) {
+		if s == "" {
+			continue
+		}
+		a, b := span(s)
+		if lo == 0 || a < lo {
+			lo = a
+		}
+		hi = max(hi, b)
+		total += len(s)
+		for _, other := range got {
+			for _, o := range strs(other) {
+				if o == "" {
+					continue
+				}
+				if oa, ob := span(o); a < ob && oa < b {
+					t.Fatalf("detached string %q overlaps the batch's text (%q)", s, o)
+				}
+			}
+		}
+	}
+	if int(hi-lo) != total {
+		t.Fatalf("detached strings span %d bytes for %d bytes of text: not one allocation", hi-lo, total)
+	}
+}

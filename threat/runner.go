@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -169,9 +170,15 @@ func (r *Runner) OnApply(_ uint64, changes []fsm.Change) {
 		if c.Kind != fsm.ChangeAudit {
 			continue
 		}
-		r.dirty[c.Tenant] = struct{}{}
+		// The change's strings share its batch's text (fsm.AuditEntry.Detached):
+		// a tenant kept as a map key is a copy.
+		tenant := c.Tenant
+		if _, ok := r.dirty[tenant]; !ok {
+			tenant = strings.Clone(tenant)
+			r.dirty[tenant] = struct{}{}
+		}
 		if c.Audit != nil && r.nQueued < maxQueued {
-			r.queued[c.Tenant] = append(r.queued[c.Tenant], c.Audit)
+			r.queued[tenant] = append(r.queued[tenant], c.Audit)
 			r.nQueued++
 		}
 	}
@@ -478,7 +485,15 @@ func (r *Runner) nextPage(tenant string, cursor uint64, q []*fsm.AuditEntry) (pa
 		for n < len(q) && n < analysePage && q[n].Seq == q[n-1].Seq+1 {
 			n++
 		}
-		return q[:n], q[n:], nil
+		// The detectors keep strings of the entries they see (addresses,
+		// usernames, actions) for hours: handed-over entries share their
+		// batch's text, so they are detached first. Entries read from the
+		// store own theirs.
+		page = q[:n]
+		for i, e := range page {
+			page[i] = e.Detached()
+		}
+		return page, q[n:], nil
 	}
 	limit := analysePage
 	if len(q) > 0 {

@@ -3,8 +3,10 @@ package threat
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/allsource/guard/fsm"
 )
@@ -131,4 +133,31 @@ func BenchmarkRunnerHandoff(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(stream))/b.Elapsed().Seconds(), "entries/s")
 	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N*len(stream)), "cpu-ns/entry")
+}
+
+// TestHandedOverEntriesAreDetached: the entries the FSM hands over share
+// their batch's text; the detectors keep strings of them (an address in a
+// window, a username in a map) for hours, so the runner detaches a page of
+// them before the detectors see it. A 20-byte address must not keep a
+// batch's text (here 64 KiB) alive.
+func TestHandedOverEntriesAreDetached(t *testing.T) {
+	batchText := strings.Repeat("x", 64<<10) + "acme203.0.113.9alice"
+	n := len(batchText)
+	q := []*fsm.AuditEntry{{Tenant: batchText[n-20 : n-16], IP: batchText[n-16 : n-5], Seq: 1,
+		Action: fsm.ActionLoginFailed, Actor: fsm.Actor{Kind: fsm.PrincipalUser, Name: batchText[n-5:]}}}
+	var r Runner
+	page, rest, err := r.nextPage("acme", 0, q)
+	if err != nil || len(page) != 1 || len(rest) != 0 {
+		t.Fatalf("nextPage = %d entries, %d left, %v", len(page), len(rest), err)
+	}
+	e := page[0]
+	if e.Tenant != "acme" || e.IP != "203.0.113.9" || e.Actor.Name != "alice" {
+		t.Fatalf("page entry = %+v", e)
+	}
+	lo := uintptr(unsafe.Pointer(unsafe.StringData(batchText)))
+	for _, s := range []string{e.Tenant, e.IP, e.Actor.Name} {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(s))); p >= lo && p < lo+uintptr(n) {
+			t.Fatalf("%q still points into the batch's text", s)
+		}
+	}
 }
