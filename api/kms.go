@@ -966,14 +966,18 @@ func (s *Server) usableKMSKey(ctx context.Context, p fsm.Principal, tenant, key 
 		})
 		return k
 	}
+	usable := func(k *fsm.KMSKey) bool { return k != nil && (p.IsOperator() || k.UsableBy(tenant)) }
 	seen := s.fsm.AppliedIndex()
 	k := load()
-	// A key created a moment ago through another server may not be applied
-	// here yet: catch up before answering that it does not exist.
-	if k == nil && s.catchUp(ctx, seen) {
+	// A key created, or a grant added, a moment ago through another server
+	// may not be applied here yet: catch up before answering that the key
+	// does not exist. A key outside the caller's reach takes the same path
+	// as one that does not exist, so that the time of the answer does not
+	// tell them apart either.
+	if !usable(k) && s.catchUp(ctx, seen) {
 		k = load()
 	}
-	if k == nil || !p.IsOperator() && !k.UsableBy(tenant) {
+	if !usable(k) {
 		return "", kmsKeyNotFound(key)
 	}
 	return k.Name, nil

@@ -601,7 +601,7 @@ func truncateCiphertext(t testing.TB, ct string, n int) string {
 // leader is usable on a follower at once. A follower that has not yet heard
 // that the write committed asks the leader for its commit index and catches
 // up before it answers "not found" (api/catchup.go); before, it answered 404
-// until the leader's next message reached it.
+// until the leader's next message reached it. The same holds for a grant.
 func TestKMSReadYourWritesOnFollowers(t *testing.T) {
 	e := idCluster(t, 3, nil)
 	op := e.opCred()
@@ -632,6 +632,25 @@ func TestKMSReadYourWritesOnFollowers(t *testing.T) {
 		}
 		if got := e.kmsDecrypt(g, op, ct2.Ciphertext, kmsCtx{Field: "f"}); got != "two" {
 			t.Fatalf("decrypt of a version-2 ciphertext on a follower = %q", got)
+		}
+	}
+	// A grant added through the leader is usable on a follower at once: a
+	// global key granted to acme, used by acme's admin.
+	e.must(201, li, "POST", "/v1/tenants", op, map[string]string{"id": "acme", "name": "acme", "tier": "professional"}, nil)
+	acme := cred{name: "acme/admin", apiKey: e.createKey("acme", op, "acme-admin", "admin", "").Key}
+	for i := range 10 {
+		name := fmt.Sprintf("granted-%d", i)
+		var kv api.KMSKeyView
+		e.must(201, li, "POST", "/v1/kms/keys", op, map[string]any{"name": name}, &kv)
+		e.waitKMSKey(name, kv.Revision) // every server knows the key; only the grant is new
+		ct := e.kmsEncrypt(li, op, name, "x", kmsCtx{Tenant: "acme", Field: "f"})
+		e.must(200, li, "POST", "/v1/kms/keys/"+name+"/grants", op, map[string]string{"tenant": "acme"}, nil)
+		// Named by the ciphertext: the follower knows the key, not yet the grant.
+		if got := e.kmsDecrypt(followers[i%2], acme, ct.Ciphertext, kmsCtx{Field: "f"}); got != "x" {
+			t.Fatalf("decrypt with a key granted a moment ago = %q", got)
+		}
+		if ct := e.kmsEncrypt(followers[1-i%2], acme, name, "y", kmsCtx{Field: "f"}); ct.KeyVersion != 1 {
+			t.Fatalf("encrypt with a key granted a moment ago: %+v", ct)
 		}
 	}
 	// A key that does not exist is still not found on a follower, after the
