@@ -452,3 +452,34 @@ func TestDetachedOwnsItsStrings(t *testing.T) {
 		t.Fatalf("detached strings span %d bytes for %d bytes of text: not one allocation", hi-lo, total)
 	}
 }
+
+// TestHooksRunBeforeTheIndexMoves: OnApply sees the batch's changes before
+// AppliedIndex and AppliedCh move past it, so a reader that waited for the
+// index (a follower's KMS catch-up, a linearizable read) finds the caches
+// OnApply invalidates already invalidated. The other order let a follower's
+// KMS decrypt read a cached key record one rotation old.
+func TestHooksRunBeforeTheIndexMoves(t *testing.T) {
+	var f *FSM
+	var during []uint64
+	closedDuring := false
+	f, err := Open(t.TempDir(), Options{Logger: quietLogger(), OnApply: func(idx uint64, _ []Change) {
+		during = append(during, f.AppliedIndex())
+		select {
+		case <-f.AppliedCh(idx):
+			closedDuring = true
+		default:
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Apply(cmdLog(1, mustEncode(t, CmdCreateTenant, Header{Principal: sysP, Time: baseTime.UnixNano()},
+		&CreateTenantCmd{ID: "acme", Name: "Acme"})))
+	if len(during) != 1 || during[0] != 0 || closedDuring {
+		t.Fatalf("during OnApply: applied index %v, index channel closed %v; want [0], false", during, closedDuring)
+	}
+	if f.AppliedIndex() != 1 {
+		t.Fatalf("applied index after the batch = %d, want 1", f.AppliedIndex())
+	}
+}

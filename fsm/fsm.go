@@ -62,11 +62,13 @@ type Options struct {
 	// Logger receives the FSM's own log lines. Defaults to slog.Default().
 	Logger *slog.Logger
 	// OnApply, when set, is called after each applied batch with the changes it
-	// made (the edge watch stream and caches hang off it). It runs on raft's apply
-	// goroutine: it must not block.
+	// made (the edge watch stream and caches hang off it), before AppliedIndex
+	// and AppliedCh move past the batch: whoever waits for the index finds
+	// what OnApply updated. It runs on raft's apply goroutine: it must not
+	// block (nor wait for the batch's index).
 	OnApply func(index uint64, changes []Change)
-	// OnRestore, when set, is called after a snapshot was restored: every
-	// derived view must be rebuilt.
+	// OnRestore, when set, is called after a snapshot was restored, before
+	// AppliedIndex moves to it: every derived view must be rebuilt.
 	OnRestore func(index uint64)
 }
 
@@ -204,10 +206,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	last := logs[len(logs)-1].Index
 	changes := f.apply(logs, out)
-	f.setApplied(last)
+	// The hooks first, then the index: whoever waited for the index (a
+	// follower's catch-up, a linearizable read) finds the caches the hooks
+	// keep already up to date with it.
 	if f.opts.OnApply != nil && len(changes) > 0 {
 		f.opts.OnApply(last, changes)
 	}
+	f.setApplied(last)
 	return out
 }
 
@@ -353,11 +358,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.db = db
 	f.nearRemap.Store(false)
 	f.mu.Unlock()
-	f.setApplied(idx)
 	f.log.Info("restored state from snapshot", "applied_index", idx)
 	if f.opts.OnRestore != nil {
 		f.opts.OnRestore(idx)
 	}
+	f.setApplied(idx)
 	return nil
 }
 
