@@ -99,39 +99,6 @@ type AuditEntry struct {
 	Hash      string            `json:"hash"`
 }
 
-// Detached returns a copy of e whose strings share one allocation of their
-// own. The entries Apply hands out (Change.Audit) share their batch's text
-// (textArena): a string kept from one keeps the whole batch's text alive,
-// which can be a thousand times its own size. A consumer that keeps entries,
-// or strings from them, past the batch (the threat detectors' windows and
-// baselines) detaches them first.
-func (e *AuditEntry) Detached() *AuditEntry {
-	d := *e
-	strs := [...]*string{&d.ID, &d.Tenant, (*string)(&d.Action), (*string)(&d.Actor.Kind), &d.Actor.ID,
-		&d.Actor.Name, &d.Actor.Role, &d.Resource, (*string)(&d.Outcome), &d.IP, &d.UserAgent, &d.RequestID,
-		&d.Error, &d.PrevHash, &d.Hash}
-	n := 0
-	for _, p := range strs {
-		n += len(*p)
-	}
-	for k, v := range e.Metadata {
-		n += len(k) + len(v)
-	}
-	// One chunk, grown once: its strings never move (as in textArena).
-	var t textArena
-	t.reserve(n)
-	for _, p := range strs {
-		*p = t.copyString(*p)
-	}
-	if len(e.Metadata) > 0 {
-		d.Metadata = make(map[string]string, len(e.Metadata))
-		for k, v := range e.Metadata {
-			d.Metadata[t.copyString(k)] = t.copyString(v)
-		}
-	}
-	return &d
-}
-
 // AuditHead is the tip of one tenant's chain.
 type AuditHead struct {
 	Tenant   string `json:"tenant"`

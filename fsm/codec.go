@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 )
 
 // The binary codec of commands (envelope version 2) and audit records.
@@ -124,11 +123,6 @@ func (t *textArena) copy(b []byte) string {
 	n0 := t.chunk.Len()
 	t.chunk.Write(b)
 	return t.chunk.String()[n0:]
-}
-
-// copyString is copy for a string (whose bytes it only reads).
-func (t *textArena) copyString(s string) string {
-	return t.copy(unsafe.Slice(unsafe.StringData(s), len(s)))
 }
 
 // bdec reads a binary encoding. The first error sticks: later reads return

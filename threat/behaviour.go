@@ -66,6 +66,7 @@ func (a *actorState) knowsIP(ip string) bool {
 	return false
 }
 
+// addIP remembers ip, which must be the engine's own copy (Engine).
 func (a *actorState) addIP(ip string) {
 	if len(a.ips) >= 16 {
 		copy(a.ips, a.ips[1:])
@@ -126,10 +127,10 @@ func (a *actorState) learn(t int64, hour int, act fsm.Action, halfLife time.Dura
 				min = i
 			}
 		}
-		a.actions[min] = actionCount{act, w}
+		a.actions[min] = actionCount{fsm.Action(strings.Clone(string(act))), w}
 		return
 	}
-	a.actions = append(a.actions, actionCount{act, w})
+	a.actions = append(a.actions, actionCount{fsm.Action(strings.Clone(string(act))), w})
 }
 
 // effective is the decayed number of events at t.
@@ -240,7 +241,7 @@ func (e *Engine) deniedAttempt(ent *fsm.AuditEntry, a *actorState, t int64) {
 		w := newWindow(max(2*e.cfg.DeniedAttempts, 8))
 		a.denied = &w
 	}
-	a.denied.add(t, ent.Resource)
+	a.denied.add(t, strings.Clone(ent.Resource))
 	T := e.cfg.DeniedAttempts
 	since := t - int64(e.cfg.DeniedWindow)
 	res := map[string]bool{}

@@ -51,7 +51,7 @@ func (e *Engine) loginFailed(ent *fsm.AuditEntry) {
 		u = &userWin{fails: newWindow(max(4*T, 16))}
 		e.users.put(uk, u)
 	}
-	u.fails.add(t, ent.IP)
+	u.fails.add(t, strings.Clone(ent.IP))
 	if n := u.fails.count(since); n >= T {
 		ipCount := map[string]int{}
 		u.fails.each(since, func(h hit) { ipCount[h.tag]++ })
@@ -102,6 +102,9 @@ func (e *Engine) sourceFailed(ent *fsm.AuditEntry, tenant, src, username string,
 		s = &sourceWin{fails: newWindow(max(4*T, 16)), names: map[string]int64{}}
 		e.sources.put(sk, s)
 	}
+	// Kept in the window and as a map key (an assignment stores its key
+	// anew): the engine's own copy.
+	username = strings.Clone(username)
 	s.fails.add(t, username)
 	stuffSince := t - int64(e.cfg.StuffingWindow)
 	if _, seen := s.names[username]; !seen && len(s.names) >= 4*S {
@@ -215,9 +218,10 @@ func (e *Engine) loginSucceeded(ent *fsm.AuditEntry) {
 	}
 	a := e.actor(tenant, &ent.Actor)
 	if !a.knowsIP(ent.IP) {
+		ip := strings.Clone(ent.IP)
 		if len(a.ips) > 0 {
-			a.newIP, a.newIPAt = ent.IP, t
+			a.newIP, a.newIPAt = ip, t
 		}
-		a.addIP(ent.IP)
+		a.addIP(ip)
 	}
 }

@@ -72,6 +72,13 @@ type Stats struct {
 // Engine runs every detector over audit entries in log order. It is not safe
 // for concurrent use: one goroutine (the leader's runner, or a replay) feeds
 // it. Its memory is bounded by Config.MaxActors and Config.MaxIPs.
+//
+// A string the engine keeps beyond Process (in a window, as a map key, among
+// an actor's addresses or actions) is its own copy (strings.Clone): the
+// entries the FSM hands over share their raft batch's text, so a kept
+// substring would keep the whole batch alive (hundreds of KB for an 11-byte
+// address). Map keys count too: assigning to a key stores the key anew.
+// TestDetectorsKeepNoBatchText walks the state to check.
 type Engine struct {
 	cfg     Config
 	users   *lru[*userWin]    // brute force per target user

@@ -170,8 +170,8 @@ func (r *Runner) OnApply(_ uint64, changes []fsm.Change) {
 		if c.Kind != fsm.ChangeAudit {
 			continue
 		}
-		// The change's strings share its batch's text (fsm.AuditEntry.Detached):
-		// a tenant kept as a map key is a copy.
+		// The change's strings share its raft batch's text (see Engine): a
+		// tenant kept as a map key is a copy.
 		tenant := c.Tenant
 		if _, ok := r.dirty[tenant]; !ok {
 			tenant = strings.Clone(tenant)
@@ -485,15 +485,7 @@ func (r *Runner) nextPage(tenant string, cursor uint64, q []*fsm.AuditEntry) (pa
 		for n < len(q) && n < analysePage && q[n].Seq == q[n-1].Seq+1 {
 			n++
 		}
-		// The detectors keep strings of the entries they see (addresses,
-		// usernames, actions) for hours: handed-over entries share their
-		// batch's text, so they are detached first. Entries read from the
-		// store own theirs.
-		page = q[:n]
-		for i, e := range page {
-			page[i] = e.Detached()
-		}
-		return page, q[n:], nil
+		return q[:n], q[n:], nil
 	}
 	limit := analysePage
 	if len(q) > 0 {
@@ -533,6 +525,15 @@ func (r *Runner) analyse(ctx context.Context, st *termState, tenant string) erro
 				pm.seq, pm.hash, pm.entries = e.Seq, e.Hash, pm.entries+1
 				st.pending[tenant] = pm
 			}
+		}
+		// The last hash is kept (and in a pending mark): a copy, since a
+		// handed-over entry's strings share its raft batch's text (see
+		// Engine).
+		h := strings.Clone(st.hash[tenant])
+		st.hash[tenant] = h
+		if pm, ok := st.pending[tenant]; ok {
+			pm.hash = h
+			st.pending[tenant] = pm
 		}
 		r.analysed.Add(uint64(len(page)))
 		r.metrics.entries.Add(float64(len(page)))
