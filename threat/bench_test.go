@@ -90,11 +90,7 @@ func (n *benchNode) Apply(_ context.Context, c fsm.Command) (*fsm.Result, error)
 // pipeline — read from the state store, decode, analyse, checkpoint — for
 // a log of audit entries committed by group commit (batches of 10,000).
 func BenchmarkRunnerPipeline(b *testing.B) {
-	f, err := fsm.Open(b.TempDir(), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
+	f := openFSM(b)
 	node := &benchNode{f: f}
 	stream := benchStream(200_000)
 	sys := fsm.Principal{Kind: fsm.PrincipalSystem, ID: "edge"}

@@ -100,39 +100,13 @@ func TestRunnerHandoffAndGaps(t *testing.T) {
 // BenchmarkRunnerHandoff: the leader's analysis of entries handed over by
 // the FSM's apply hook (the steady state: no decoding).
 func BenchmarkRunnerHandoff(b *testing.B) {
-	f, err := fsm.Open(b.TempDir(), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
+	f := openFSM(b)
 	stream := benchStream(200_000)
-	var changes [][]fsm.Change
-	for i := 0; i < len(stream); i += 10_000 {
-		var ch []fsm.Change
-		for _, e := range stream[i : i+10_000] {
-			ch = append(ch, fsm.Change{Kind: fsm.ChangeAudit, Tenant: e.Tenant, Audit: e})
-		}
-		changes = append(changes, ch)
-	}
-	node := &benchNode{f: f}
+	changes := auditChanges(stream, 10_000)
 	b.ResetTimer()
 	cpu0 := processCPU()
 	for i := 0; i < b.N; i++ {
-		r, _ := NewRunner(RunnerConfig{FSM: f, Node: node, NodeID: "bench", Logger: slog.New(slog.DiscardHandler)})
-		eng, _ := NewEngine(Config{})
-		st := newTermState(eng)
-		r.setActive(true)
-		for _, ch := range changes {
-			r.OnApply(0, ch)
-			for _, t := range r.takeDirty() {
-				if err := r.analyse(context.Background(), st, t); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		if r.Analysed() != uint64(len(stream)) {
-			b.Fatalf("analysed %d of %d", r.Analysed(), len(stream))
-		}
+		handOver(b, f, changes, len(stream))
 	}
 	b.ReportMetric(float64(b.N*len(stream))/b.Elapsed().Seconds(), "entries/s")
 	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N*len(stream)), "cpu-ns/entry")
@@ -147,11 +121,7 @@ func BenchmarkRunnerHandoff(b *testing.B) {
 // one text; after the runner has analysed them, no string the runner or the
 // engine keeps may point into it.
 func TestDetectorsKeepNoBatchText(t *testing.T) {
-	f, err := fsm.Open(t.TempDir(), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openFSM(t)
 	stream := benchStream(20_000)
 	var text strings.Builder
 	text.Grow(len(stream) * 512)
@@ -181,28 +151,7 @@ func TestDetectorsKeepNoBatchText(t *testing.T) {
 	lo := uintptr(unsafe.Pointer(unsafe.StringData(all)))
 	hi := lo + uintptr(len(all))
 
-	r, err := NewRunner(RunnerConfig{FSM: f, Node: &benchNode{f: f}, NodeID: "t", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, _ := NewEngine(Config{})
-	st := newTermState(eng)
-	r.setActive(true)
-	for i := 0; i < len(entries); i += 1000 {
-		var ch []fsm.Change
-		for _, e := range entries[i : i+1000] {
-			ch = append(ch, fsm.Change{Kind: fsm.ChangeAudit, Tenant: e.Tenant, Audit: e})
-		}
-		r.OnApply(0, ch)
-		for _, tn := range r.takeDirty() {
-			if err := r.analyse(context.Background(), st, tn); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if r.Analysed() != uint64(len(entries)) {
-		t.Fatalf("analysed %d of %d", r.Analysed(), len(entries))
-	}
+	st := handOver(t, f, auditChanges(entries, 1000), len(entries))
 	strs := 0
 	walkStrings(reflect.ValueOf(st), map[uintptr]bool{}, "st", func(path, s string) {
 		strs++
@@ -213,6 +162,56 @@ func TestDetectorsKeepNoBatchText(t *testing.T) {
 	if strs < 1000 { // the walk must have reached the detectors' state
 		t.Fatalf("the walk found only %d strings", strs)
 	}
+}
+
+// openFSM opens a state machine in a fresh directory, closed when the test
+// ends.
+func openFSM(tb testing.TB) *fsm.FSM {
+	f, err := fsm.Open(tb.TempDir(), fsm.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	return f
+}
+
+// auditChanges groups entries into the apply hook's changes, per entries
+// each.
+func auditChanges(entries []*fsm.AuditEntry, per int) [][]fsm.Change {
+	var out [][]fsm.Change
+	for i := 0; i < len(entries); i += per {
+		var ch []fsm.Change
+		for _, e := range entries[i:min(i+per, len(entries))] {
+			ch = append(ch, fsm.Change{Kind: fsm.ChangeAudit, Tenant: e.Tenant, Audit: e})
+		}
+		out = append(out, ch)
+	}
+	return out
+}
+
+// handOver runs a fresh runner and engine over changes as the FSM's apply
+// hook hands them over, checks that all total entries were analysed, and
+// returns what the analysis keeps.
+func handOver(tb testing.TB, f *fsm.FSM, changes [][]fsm.Change, total int) *termState {
+	r, err := NewRunner(RunnerConfig{FSM: f, Node: &benchNode{f: f}, NodeID: "t", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	eng, _ := NewEngine(Config{})
+	st := newTermState(eng)
+	r.setActive(true)
+	for _, ch := range changes {
+		r.OnApply(0, ch)
+		for _, tn := range r.takeDirty() {
+			if err := r.analyse(context.Background(), st, tn); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	if r.Analysed() != uint64(total) {
+		tb.Fatalf("analysed %d of %d", r.Analysed(), total)
+	}
+	return st
 }
 
 // walkStrings calls fn for every string reachable from v (unexported fields
