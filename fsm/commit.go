@@ -191,13 +191,9 @@ func (f *FSM) applyGrouped(logs []*raft.Log, out []any) ([]Change, bool) {
 // store holds exactly what was applied before the panicking batch.
 func (f *FSM) recoverOpen() {
 	_ = f.open.Rollback()
-	f.open = nil
-	f.releaseArenas()
-	f.openHeads.reset()
-	f.openApplied = 0
 	before := f.openLogs
-	f.openLogs, f.openN, f.openBytes = nil, 0, 0
-	f.pending.Store(false)
+	f.openLogs = nil // applied again below; endOpen must not clear them
+	f.endOpen()
 	if len(before) == 0 {
 		return
 	}
@@ -254,11 +250,7 @@ func (f *FSM) commitOpenLocked() error {
 		f.openApplied = 0
 	}
 	err := f.open.Commit()
-	f.open = nil
-	f.releaseArenas()
-	clear(f.openLogs)
-	f.openLogs, f.openN, f.openBytes = f.openLogs[:0], 0, 0
-	f.pending.Store(false)
+	f.endOpen()
 	if err != nil {
 		f.fail(fmt.Errorf("commit applied entries: %w", err))
 	}
@@ -272,17 +264,23 @@ func (f *FSM) discardOpen() {
 	defer f.wmu.Unlock()
 	if f.open != nil {
 		_ = f.open.Rollback()
-		f.open = nil
 	}
+	f.endOpen()
+	f.nearRemap.Store(false)
+	f.failed = nil
+	f.broken.Store(false)
+}
+
+// endOpen forgets the open transaction, which has committed or been rolled
+// back: its batches, arenas, heads and applied index. The caller holds wmu.
+func (f *FSM) endOpen() {
+	f.open = nil
 	f.releaseArenas()
 	f.openHeads.reset()
 	f.openApplied = 0
 	clear(f.openLogs)
 	f.openLogs, f.openN, f.openBytes = f.openLogs[:0], 0, 0
 	f.pending.Store(false)
-	f.nearRemap.Store(false)
-	f.failed = nil
-	f.broken.Store(false)
 }
 
 // fail records that the state file no longer holds what was applied; the
