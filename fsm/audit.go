@@ -500,11 +500,7 @@ func (bs *batchState) head(tx *bolt.Tx, tenant string) *AuditHead {
 		hs.m = map[string]*AuditHead{}
 	}
 	h := &AuditHead{Tenant: tenant, FirstSeq: 1}
-	var kb [80]byte
-	k := append(append(kb[:0], tenant...), 0)
-	if v := tx.Bucket(bAuditHeads).Get(k); v != nil {
-		*h = mustDecodeHead(k, v)
-	}
+	getHead(tx.Bucket(bAuditHeads), tenant, h)
 	hs.m[tenant] = h
 	hs.dirty = append(hs.dirty, h)
 	return h
@@ -537,7 +533,8 @@ func appendHead(v []byte, h *AuditHead) []byte {
 
 // getHead reads tenant's head into h; false when the chain has none.
 func getHead(b *bolt.Bucket, tenant string, h *AuditHead) bool {
-	k := tprefix(tenant)
+	var kb [80]byte // tenant ids are at most 64 bytes: no allocation per lookup
+	k := append(append(kb[:0], tenant...), 0)
 	v := b.Get(k)
 	if v == nil {
 		return false

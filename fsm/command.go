@@ -324,11 +324,12 @@ func decodePayload(c *Command, v any) error {
 	}
 	// A decoded command already holds its payload as a string (binText);
 	// only a command built in process needs the copy.
-	d := &c.dec
-	*d = bdec{b: c.BinPayload, n0: len(c.BinPayload), s: c.binText}
-	if len(c.binText) != len(c.BinPayload) {
-		*d = *newSharedBdec(c.BinPayload)
+	text := c.binText
+	if len(text) != len(c.BinPayload) {
+		text = string(c.BinPayload)
 	}
+	d := &c.dec
+	*d = bdec{b: c.BinPayload, n0: len(c.BinPayload), s: text}
 	bp.decodeBinary(d)
 	return d.done()
 }
