@@ -34,7 +34,7 @@ type guardedTransport struct {
 	log        *slog.Logger
 	unstuck    atomic.Int64 // pipelines closed by the guard
 
-	failover     *failover // nil: vote requests go to raft untouched
+	failover     *failover // vote requests go past it (Consumer, RequestVote)
 	consumer     chan raft.RPC
 	consumerOnce sync.Once
 	done         chan struct{} // closed by Close
@@ -114,7 +114,7 @@ func (t *guardedTransport) forward() {
 			case *raft.RequestVoteRequest:
 				candidate = req.ID
 			}
-			if candidate == nil || t.failover == nil {
+			if candidate == nil {
 				t.deliver(rpc)
 				continue
 			}
@@ -136,16 +136,12 @@ func (t *guardedTransport) deliver(rpc raft.RPC) {
 // RequestPreVote and RequestVote give way to a candidate this server has
 // just timed out for (failover.giveWay) before asking it.
 func (t *guardedTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	if t.failover != nil {
-		t.failover.giveWay(id, t.done)
-	}
+	t.failover.giveWay(id, t.done)
 	return t.NetworkTransport.RequestPreVote(id, target, args, resp)
 }
 
 func (t *guardedTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	if t.failover != nil {
-		t.failover.giveWay(id, t.done)
-	}
+	t.failover.giveWay(id, t.done)
 	return t.NetworkTransport.RequestVote(id, target, args, resp)
 }
 
