@@ -16,6 +16,10 @@ type metrics struct {
 	forwarded    prometheus.Counter
 }
 
+// kicksHelp describes allsource_raft_election_kicks_total, one series per
+// cause (cluster/failover.go).
+const kicksHelp = "Elections this server started early, by cause: its leader silent for the heartbeat timeout, or a candidate asking for its vote while it was."
+
 func newMetrics(reg *prometheus.Registry, node Node) *metrics {
 	m := &metrics{
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -42,11 +46,11 @@ func newMetrics(reg *prometheus.Registry, node Node) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "allsource_raft_term", Help: "Current raft term."},
 			func() float64 { return float64(node.Term()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "allsource_raft_election_kicks_total",
-			Help:        "Elections this server started as soon as the leader had been silent for the heartbeat timeout, by cause.",
+			Help:        kicksHelp,
 			ConstLabels: prometheus.Labels{"cause": "silence"}},
 			func() float64 { s, _ := node.ElectionKicks(); return float64(s) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "allsource_raft_election_kicks_total",
-			Help:        "Elections this server started as soon as the leader had been silent for the heartbeat timeout, by cause.",
+			Help:        kicksHelp,
 			ConstLabels: prometheus.Labels{"cause": "vote_request"}},
 			func() float64 { _, v := node.ElectionKicks(); return float64(v) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "allsource_raft_is_leader", Help: "1 on the leader, else 0."},

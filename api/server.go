@@ -34,8 +34,9 @@ type Node interface {
 	LastIndex() uint64
 	Term() uint64
 	LastContact() time.Time
-	// ElectionKicks counts elections this server started as soon as the
-	// leader had been silent for the heartbeat timeout (cluster/failover.go).
+	// ElectionKicks counts the elections this server started early
+	// (cluster/failover.go): its leader silent for the heartbeat timeout, or
+	// a candidate asking for its vote while it was.
 	ElectionKicks() (silence, vote int64)
 	VerifyRead(ctx context.Context) error
 	// CaughtUp reports whether the local state has caught up with the

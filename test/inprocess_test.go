@@ -271,8 +271,12 @@ func TestClusterInProcess(t *testing.T) {
 			t.Fatalf("leader applied index %d is behind the acknowledged write at %d", got, writeIdx)
 		}
 		api.must(t, http.StatusOK, http.MethodGet, leader.addr(), "/v1/tenants/acme?consistency=stale", tok, nil)
-		if n := forwardedCount(t, api, f.addr(), tok); n < 1 {
+		if n := metricValue(t, api, f.addr(), tok, "allsource_http_forwarded_total"); n < 1 {
 			t.Fatalf("follower %s counted %v forwarded requests, want ≥ 1", f.id(), n)
+		}
+		// The early-election counters are exported, one series per cause.
+		for _, cause := range []string{"silence", "vote_request"} {
+			metricValue(t, api, f.addr(), tok, `allsource_raft_election_kicks_total{cause="`+cause+`"}`)
 		}
 
 		// ?redirect answers 307 with the leader's address instead.
@@ -501,12 +505,13 @@ func TestClusterInProcess(t *testing.T) {
 	})
 }
 
-// forwardedCount reads the server's forwarded-request counter from /metrics.
-func forwardedCount(t testing.TB, api *apiClient, addr, tok string) float64 {
+// metricValue reads one series (name and labels, as /metrics prints them)
+// from a server's /metrics; the test fails when it is missing.
+func metricValue(t testing.TB, api *apiClient, addr, tok, series string) float64 {
 	t.Helper()
 	r := api.must(t, http.StatusOK, http.MethodGet, addr, "/metrics", tok, nil)
 	for _, line := range strings.Split(string(r.Body), "\n") {
-		if v, ok := strings.CutPrefix(line, "allsource_http_forwarded_total "); ok {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
 				t.Fatalf("metric line %q: %v", line, err)
@@ -514,7 +519,7 @@ func forwardedCount(t testing.TB, api *apiClient, addr, tok string) float64 {
 			return f
 		}
 	}
-	t.Fatalf("no allsource_http_forwarded_total in /metrics of %s", addr)
+	t.Fatalf("no %s in /metrics of %s", series, addr)
 	return 0
 }
 
